@@ -1,0 +1,837 @@
+//! The ordering engine (SPEC §2–§4): every decision about a message — release, stage,
+//! duplicate, conflict, late, skip, retry, block, expire — is made here, and only here.
+//!
+//! The engine works in batches. A batch is processed message by message in arrival
+//! order, so handler calls happen exactly as if each message were processed alone, but
+//! store writes are deferred to the end of the batch: per context, the messages still
+//! waiting are staged (one conditional put each) and the state is written once (one
+//! conditional commit). A run of k consecutive messages released together therefore
+//! costs one state write, and a message released in the batch it arrived in is never
+//! staged at all. Outcomes tell the caller which messages it may acknowledge.
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+use crate::envelope::Envelope;
+use crate::handler::{DeadLetter, DeadLetterSink, Handler, HandlerError, Release};
+use crate::reason::Reason;
+use crate::store::{
+    Blocked, Commit, CommitOutcome, ContextState, DueQuery, RetryState, StageOutcome, StagedMessage, StagingStore,
+    StoreError, Waiting,
+};
+use crate::time::{Clock, Duration, Millis};
+
+/// What to do with a message whose position was skipped (`--late`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LatePolicy {
+    #[default]
+    DeadLetter,
+    Drop,
+    Deliver,
+}
+
+impl FromStr for LatePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "dlq" => Ok(LatePolicy::DeadLetter),
+            "drop" => Ok(LatePolicy::Drop),
+            "deliver" => Ok(LatePolicy::Deliver),
+            _ => Err(format!("{s:?} is not a late policy: use dlq, drop or deliver")),
+        }
+    }
+}
+
+/// What to do when the handler fails permanently or runs out of attempts (`--on-poison`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PoisonPolicy {
+    #[default]
+    Block,
+    Skip,
+}
+
+impl FromStr for PoisonPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "block" => Ok(PoisonPolicy::Block),
+            "skip" => Ok(PoisonPolicy::Skip),
+            _ => Err(format!("{s:?} is not a poison policy: use block or skip")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub first_seq: u64,
+    /// `None`: wait for a missing position forever.
+    pub gap_timeout: Option<Duration>,
+    pub late: LatePolicy,
+    pub max_staged: u64,
+    pub retention: Duration,
+    pub max_attempts: u32,
+    pub on_poison: PoisonPolicy,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            first_seq: 1,
+            gap_timeout: None,
+            late: LatePolicy::DeadLetter,
+            max_staged: 10_000,
+            retention: Duration::from_secs(14 * 86_400),
+            max_attempts: 5,
+            on_poison: PoisonPolicy::Block,
+        }
+    }
+}
+
+/// Retry delay after the `failures`-th failure: 1 s, doubling, capped at 60 s (SPEC §3).
+pub fn retry_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(6);
+    Duration::from_millis((1000u64 << doublings).min(60_000))
+}
+
+/// What happened to one message of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handed to the handler and committed.
+    Released,
+    /// Durably staged: it waits for its predecessors (or for a handler retry).
+    Staged,
+    /// A copy of a position already released or staged: nothing to do.
+    Duplicate,
+    /// Sent to the dead-letter sink.
+    DeadLettered(Reason),
+    /// A late message dropped by `--late drop`.
+    Dropped,
+    /// Not settled: do not acknowledge; the source will deliver it again.
+    Held(Hold),
+}
+
+impl Outcome {
+    /// Whether the caller may acknowledge (delete) the message at its source.
+    pub fn is_settled(&self) -> bool {
+        !matches!(self, Outcome::Held(_))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// The context already holds `max_staged` waiting messages (backpressure).
+    Capacity,
+    /// Another writer changed the context meanwhile.
+    Busy,
+    /// The store, the handler or the dead-letter sink failed; the text says which.
+    Failed(String),
+}
+
+/// Counters since the engine was created.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub received: u64,
+    pub released: u64,
+    pub staged: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+    pub late: u64,
+    pub gaps_skipped: u64,
+    pub positions_skipped: u64,
+    pub handler_retries: u64,
+    pub poison: u64,
+    pub blocked: u64,
+    pub expired: u64,
+    pub dead_lettered: u64,
+    pub held: u64,
+    pub contexts_forgotten: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    released: AtomicU64,
+    staged: AtomicU64,
+    duplicates: AtomicU64,
+    conflicts: AtomicU64,
+    late: AtomicU64,
+    gaps_skipped: AtomicU64,
+    positions_skipped: AtomicU64,
+    handler_retries: AtomicU64,
+    poison: AtomicU64,
+    blocked: AtomicU64,
+    expired: AtomicU64,
+    dead_lettered: AtomicU64,
+    held: AtomicU64,
+    contexts_forgotten: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
+
+/// How many staged messages one store query brings back.
+const PAGE: usize = 128;
+
+/// The engine over a store `S` and a clock `C`.
+pub struct Engine<S, C> {
+    store: S,
+    clock: C,
+    config: EngineConfig,
+    counters: Counters,
+}
+
+/// Where a message about to be released comes from: it decides which outcome to settle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// A message of this batch that never waited.
+    Batch(usize),
+    /// A message of this batch that waited in `pending`.
+    Pending(usize),
+    /// A message staged by an earlier batch: its source message was settled long ago.
+    Store,
+}
+
+impl Source {
+    fn index(self) -> Option<usize> {
+        match self {
+            Source::Batch(i) | Source::Pending(i) => Some(i),
+            Source::Store => None,
+        }
+    }
+}
+
+struct Pending {
+    msg: StagedMessage,
+    index: usize,
+}
+
+/// The staged messages read from the store for one context, complete for `[from, to)`.
+struct StoreView {
+    items: BTreeMap<u64, StagedMessage>,
+    from: u64,
+    to: u64,
+}
+
+impl StoreView {
+    fn empty() -> StoreView {
+        StoreView { items: BTreeMap::new(), from: 0, to: 0 }
+    }
+
+    fn covers(&self, seq: u64) -> bool {
+        self.from <= seq && seq < self.to
+    }
+}
+
+/// The engine's working copy of one context during a batch or a sweep.
+struct Work {
+    context_id: String,
+    state: ContextState,
+    loaded_version: u64,
+    dirty: bool,
+    pending: BTreeMap<u64, Pending>,
+    view: StoreView,
+    /// Staged in the store at or after `state.next`; `None` when it must be asked again.
+    store_waiting: Option<Waiting>,
+    remove_staged: Vec<u64>,
+    /// Retention ran out with nothing waiting: the commit deletes the context.
+    forget: bool,
+    released: Vec<usize>,
+    failed: Option<String>,
+}
+
+enum Step {
+    Continue,
+    Stall,
+}
+
+impl<S: StagingStore, C: Clock> Engine<S, C> {
+    pub fn new(store: S, clock: C, config: EngineConfig) -> Engine<S, C> {
+        Engine { store, clock, config, counters: Counters::default() }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Relaxed);
+        Stats {
+            received: get(&c.received),
+            released: get(&c.released),
+            staged: get(&c.staged),
+            duplicates: get(&c.duplicates),
+            conflicts: get(&c.conflicts),
+            late: get(&c.late),
+            gaps_skipped: get(&c.gaps_skipped),
+            positions_skipped: get(&c.positions_skipped),
+            handler_retries: get(&c.handler_retries),
+            poison: get(&c.poison),
+            blocked: get(&c.blocked),
+            expired: get(&c.expired),
+            dead_lettered: get(&c.dead_lettered),
+            held: get(&c.held),
+            contexts_forgotten: get(&c.contexts_forgotten),
+        }
+    }
+
+    /// Processes a batch in arrival order and returns one outcome per message, in the
+    /// same order. Store writes happen at the end; call [`StagingStore::flush`] before
+    /// acknowledging settled messages.
+    pub async fn process<H: Handler, D: DeadLetterSink>(
+        &self,
+        batch: Vec<Envelope>,
+        handler: &H,
+        dlq: &D,
+    ) -> Vec<Outcome> {
+        let now = self.clock.now();
+        let mut outcomes = vec![Outcome::Held(Hold::Failed("not processed".into())); batch.len()];
+        let mut works: HashMap<String, Work> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
+        for (index, env) in batch.into_iter().enumerate() {
+            bump(&self.counters.received);
+            if !works.contains_key(&env.context_id) {
+                let work = self.load(&env.context_id).await;
+                order.push(env.context_id.clone());
+                works.insert(env.context_id.clone(), work);
+            }
+            let Some(work) = works.get_mut(&env.context_id) else { continue };
+            if let Some(err) = &work.failed {
+                outcomes[index] = Outcome::Held(Hold::Failed(err.clone()));
+                continue;
+            }
+            if let Err(err) = self.accept(work, index, env, now, handler, dlq, &mut outcomes).await {
+                outcomes[index] = Outcome::Held(Hold::Failed(err.to_string()));
+                work.failed = Some(err.to_string());
+            }
+        }
+        for context_id in order {
+            if let Some(work) = works.remove(&context_id) {
+                self.finish(work, now, dlq, &mut outcomes).await;
+            }
+        }
+        for outcome in &outcomes {
+            if !outcome.is_settled() {
+                bump(&self.counters.held);
+            }
+        }
+        outcomes
+    }
+
+    /// Fires the timers no new message would fire: gap timeouts, handler retries that are
+    /// due, and retention. Returns how many contexts it looked at; a result equal to
+    /// `limit` means more may be due.
+    pub async fn sweep<H: Handler, D: DeadLetterSink>(
+        &self,
+        handler: &H,
+        dlq: &D,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let query = DueQuery {
+            now,
+            gap_cutoff: self.config.gap_timeout.map(|g| now.minus(g)),
+            retention_cutoff: now.minus(self.config.retention),
+            limit,
+        };
+        let due = self.store.due(&query).await?;
+        let mut no_outcomes = Vec::new();
+        for context_id in &due {
+            let mut work = self.load(context_id).await;
+            if let Some(err) = work.failed.take() {
+                return Err(StoreError::Unavailable(err));
+            }
+            let swept = async {
+                self.expire(&mut work, query.retention_cutoff, dlq).await?;
+                self.advance(&mut work, now, handler, dlq, &mut no_outcomes).await
+            };
+            if let Err(err) = swept.await {
+                work.failed = Some(err.to_string());
+            }
+            self.finish(work, now, dlq, &mut no_outcomes).await;
+        }
+        Ok(due.len())
+    }
+
+    async fn load(&self, context_id: &str) -> Work {
+        let (state, failed) = match self.store.load(context_id).await {
+            Ok(Some(state)) => (state, None),
+            Ok(None) => (ContextState::new(self.config.first_seq), None),
+            Err(err) => (ContextState::new(self.config.first_seq), Some(err.to_string())),
+        };
+        Work {
+            context_id: context_id.to_string(),
+            loaded_version: state.version,
+            state,
+            dirty: false,
+            pending: BTreeMap::new(),
+            view: StoreView::empty(),
+            store_waiting: None,
+            remove_staged: Vec::new(),
+            forget: false,
+            released: Vec::new(),
+            failed,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn accept<H: Handler, D: DeadLetterSink>(
+        &self,
+        work: &mut Work,
+        index: usize,
+        env: Envelope,
+        now: Millis,
+        handler: &H,
+        dlq: &D,
+        outcomes: &mut [Outcome],
+    ) -> Result<(), StoreError> {
+        let seq = env.seq;
+        if let Some(final_seq) = work.state.final_seq.filter(|f| seq > *f) {
+            let detail = format!("context {} closed at its final position {final_seq}", work.context_id);
+            let msg = StagedMessage::from_envelope(&env);
+            bump(&self.counters.late);
+            outcomes[index] = self.dead_letter(work, &msg, Reason::Late, &detail, dlq).await;
+            return Ok(());
+        }
+        if seq < work.state.next {
+            if work.state.is_skipped(seq) {
+                outcomes[index] = self.late(work, env, handler, dlq).await;
+            } else {
+                bump(&self.counters.duplicates);
+                outcomes[index] = Outcome::Duplicate;
+            }
+            return Ok(());
+        }
+        let msg = StagedMessage::from_envelope(&env);
+        if let Some(first) = work.pending.get(&seq).map(|p| p.msg.body_hash) {
+            outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
+            return Ok(());
+        }
+        if seq == work.state.next && !self.stalled(&work.state, now) {
+            self.ensure_view(work, seq).await?;
+            if let Some(first) = work.view.items.get(&seq).map(|m| m.body_hash) {
+                outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
+            } else if let Step::Stall = self.release(work, msg, Source::Batch(index), now, handler, dlq, outcomes).await
+            {
+                return Ok(());
+            }
+        } else {
+            if let Some(first) = work.view.covers(seq).then(|| work.view.items.get(&seq)).flatten() {
+                let first = first.body_hash;
+                outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
+                return Ok(());
+            }
+            let waiting = self.store_waiting(work).await?.count + work.pending.len() as u64;
+            if waiting >= self.config.max_staged {
+                outcomes[index] = Outcome::Held(Hold::Capacity);
+                return Ok(());
+            }
+            work.pending.insert(seq, Pending { msg, index });
+            outcomes[index] = Outcome::Staged;
+        }
+        self.advance(work, now, handler, dlq, outcomes).await
+    }
+
+    /// A second copy of a waiting position: a duplicate if the body is the same, else a
+    /// conflict (the first copy wins).
+    async fn second_copy<D: DeadLetterSink>(&self, work: &Work, first_hash: u64, msg: &StagedMessage, dlq: &D) -> Outcome {
+        if first_hash == msg.body_hash {
+            bump(&self.counters.duplicates);
+            return Outcome::Duplicate;
+        }
+        bump(&self.counters.conflicts);
+        let detail = format!(
+            "context {} position {} arrived again with a different body; the first copy wins",
+            work.context_id, msg.seq
+        );
+        self.dead_letter(work, msg, Reason::Conflict, &detail, dlq).await
+    }
+
+    async fn late<H: Handler, D: DeadLetterSink>(&self, work: &Work, env: Envelope, handler: &H, dlq: &D) -> Outcome {
+        bump(&self.counters.late);
+        let msg = StagedMessage::from_envelope(&env);
+        match self.config.late {
+            LatePolicy::Drop => Outcome::Dropped,
+            LatePolicy::DeadLetter => {
+                let detail = format!("context {} position {} was skipped after the gap timeout", work.context_id, msg.seq);
+                self.dead_letter(work, &msg, Reason::Late, &detail, dlq).await
+            }
+            LatePolicy::Deliver => {
+                let release = Release {
+                    context_id: &work.context_id,
+                    seq: msg.seq,
+                    prev_seq: None,
+                    message_id: &msg.message_id,
+                    body: &msg.body,
+                    attributes: &msg.attributes,
+                    late: true,
+                    attempt: 1,
+                };
+                match handler.handle(&release).await {
+                    Ok(()) => {
+                        bump(&self.counters.released);
+                        Outcome::Released
+                    }
+                    Err(HandlerError::Retryable(e)) => Outcome::Held(Hold::Failed(format!("handler: {e}"))),
+                    Err(HandlerError::Permanent(e)) => {
+                        bump(&self.counters.poison);
+                        self.dead_letter(work, &msg, Reason::HandlerFailed, &e, dlq).await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dead_letter<D: DeadLetterSink>(
+        &self,
+        work: &Work,
+        msg: &StagedMessage,
+        reason: Reason,
+        detail: &str,
+        dlq: &D,
+    ) -> Outcome {
+        let letter = DeadLetter {
+            context_id: &work.context_id,
+            seq: msg.seq,
+            message_id: &msg.message_id,
+            body: &msg.body,
+            attributes: &msg.attributes,
+            reason,
+            detail,
+        };
+        match dlq.dead_letter(&letter).await {
+            Ok(()) => {
+                bump(&self.counters.dead_lettered);
+                Outcome::DeadLettered(reason)
+            }
+            Err(e) => Outcome::Held(Hold::Failed(e.to_string())),
+        }
+    }
+
+    fn stalled(&self, state: &ContextState, now: Millis) -> bool {
+        state.blocked.is_some() || state.retry.as_ref().is_some_and(|r| now < r.not_before)
+    }
+
+    /// Releases every consecutive message from the cursor on, skipping a gap whose
+    /// timeout has passed, until a position is missing or the context stalls.
+    async fn advance<H: Handler, D: DeadLetterSink>(
+        &self,
+        work: &mut Work,
+        now: Millis,
+        handler: &H,
+        dlq: &D,
+        outcomes: &mut [Outcome],
+    ) -> Result<(), StoreError> {
+        while !self.stalled(&work.state, now) {
+            let next = work.state.next;
+            self.ensure_view(work, next).await?;
+            let (msg, source) = if let Some(stored) = work.view.items.remove(&next) {
+                work.store_waiting = None;
+                if let Some(copy) = work.pending.remove(&next) {
+                    outcomes[copy.index] = self.second_copy(work, stored.body_hash, &copy.msg, dlq).await;
+                }
+                (stored, Source::Store)
+            } else if let Some(p) = work.pending.remove(&next) {
+                (p.msg, Source::Pending(p.index))
+            } else if self.skip_expired_gap(work, now).await? {
+                continue;
+            } else {
+                return Ok(());
+            };
+            if let Step::Stall = self.release(work, msg, source, now, handler, dlq, outcomes).await {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// If the oldest waiting message has waited `gap_timeout`, records the missing
+    /// positions before the lowest waiting one as skipped and moves the cursor there.
+    async fn skip_expired_gap(&self, work: &mut Work, now: Millis) -> Result<bool, StoreError> {
+        let Some(timeout) = self.config.gap_timeout else { return Ok(false) };
+        let stored = self.store_waiting(work).await?;
+        let pending_oldest = work.pending.values().map(|p| p.msg.received_at).min();
+        let oldest = match (stored.oldest_received_at, pending_oldest) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(t) => t,
+                None => return Ok(false),
+            },
+        };
+        if now.since(oldest) < timeout {
+            return Ok(false);
+        }
+        let next = work.state.next;
+        let lowest_stored = self.first_stored_at_or_after(work, next).await?;
+        let lowest_pending = work.pending.keys().next().copied();
+        let Some(lowest) = [lowest_stored, lowest_pending].into_iter().flatten().min() else { return Ok(false) };
+        if lowest <= next {
+            return Ok(false);
+        }
+        work.state.record_skip(next, lowest - 1);
+        work.state.next = lowest;
+        work.dirty = true;
+        bump(&self.counters.gaps_skipped);
+        self.counters.positions_skipped.fetch_add(lowest - next, Relaxed);
+        Ok(true)
+    }
+
+    /// Hands one message to the handler and applies the result to the context.
+    #[allow(clippy::too_many_arguments)]
+    async fn release<H: Handler, D: DeadLetterSink>(
+        &self,
+        work: &mut Work,
+        msg: StagedMessage,
+        source: Source,
+        now: Millis,
+        handler: &H,
+        dlq: &D,
+        outcomes: &mut [Outcome],
+    ) -> Step {
+        let failures = work.state.retry.as_ref().filter(|r| r.seq == msg.seq).map_or(0, |r| r.attempts);
+        let release = Release {
+            context_id: &work.context_id,
+            seq: msg.seq,
+            prev_seq: work.state.last_released,
+            message_id: &msg.message_id,
+            body: &msg.body,
+            attributes: &msg.attributes,
+            late: false,
+            attempt: failures + 1,
+        };
+        let error = match handler.handle(&release).await {
+            Ok(()) => {
+                bump(&self.counters.released);
+                self.move_past(work, msg.seq);
+                work.state.last_released = Some(msg.seq);
+                if msg.is_final {
+                    work.state.final_seq = Some(msg.seq);
+                }
+                if let Some(i) = source.index() {
+                    outcomes[i] = Outcome::Released;
+                    work.released.push(i);
+                }
+                return Step::Continue;
+            }
+            Err(HandlerError::Retryable(e)) if failures + 1 < self.config.max_attempts => {
+                bump(&self.counters.handler_retries);
+                work.state.retry = Some(RetryState {
+                    seq: msg.seq,
+                    attempts: failures + 1,
+                    not_before: now.plus(retry_backoff(failures + 1)),
+                    last_error: e,
+                });
+                work.dirty = true;
+                self.keep_waiting(work, msg, source, outcomes);
+                return Step::Stall;
+            }
+            Err(HandlerError::Retryable(e) | HandlerError::Permanent(e)) => e,
+        };
+        bump(&self.counters.poison);
+        let attempts = failures + 1;
+        if self.config.on_poison == PoisonPolicy::Skip {
+            let detail = format!("handler failed after {attempts} attempt(s): {error}");
+            let outcome = self.dead_letter(work, &msg, Reason::HandlerFailed, &detail, dlq).await;
+            if outcome.is_settled() {
+                self.move_past(work, msg.seq);
+                if let Some(i) = source.index() {
+                    outcomes[i] = outcome;
+                }
+                return Step::Continue;
+            }
+        }
+        bump(&self.counters.blocked);
+        work.state.retry = None;
+        work.state.blocked = Some(Blocked { seq: msg.seq, attempts, error, since: now });
+        work.dirty = true;
+        self.keep_waiting(work, msg, source, outcomes);
+        Step::Stall
+    }
+
+    fn move_past(&self, work: &mut Work, seq: u64) {
+        work.state.retry = None;
+        work.state.next = seq.saturating_add(1);
+        if seq == u64::MAX {
+            // No position can follow the last one: the context is complete.
+            work.state.final_seq = Some(seq);
+        }
+        work.dirty = true;
+    }
+
+    /// A message the handler did not take stays staged (written at the end of the batch
+    /// if it came from this batch).
+    fn keep_waiting(&self, work: &mut Work, msg: StagedMessage, source: Source, outcomes: &mut [Outcome]) {
+        match source {
+            Source::Batch(index) | Source::Pending(index) => {
+                outcomes[index] = Outcome::Staged;
+                work.pending.insert(msg.seq, Pending { msg, index });
+            }
+            Source::Store => {
+                work.view.items.insert(msg.seq, msg);
+            }
+        }
+    }
+
+    async fn ensure_view(&self, work: &mut Work, seq: u64) -> Result<(), StoreError> {
+        if !work.view.covers(seq) {
+            self.fetch_view(work, seq).await?;
+        }
+        Ok(())
+    }
+
+    async fn fetch_view(&self, work: &mut Work, from: u64) -> Result<(), StoreError> {
+        let page = self.store.staged(&work.context_id, from, PAGE).await?;
+        let complete = page.len() < PAGE;
+        let to = if complete { u64::MAX } else { page.last().map_or(u64::MAX, |m| m.seq.saturating_add(1)) };
+        if complete && from <= work.state.next {
+            // The page holds everything that waits: its count and age come for free.
+            let waiting = page.iter().filter(|m| m.seq >= work.state.next);
+            work.store_waiting = Some(Waiting {
+                count: waiting.clone().count() as u64,
+                oldest_received_at: waiting.map(|m| m.received_at).min(),
+            });
+        }
+        work.view = StoreView { items: page.into_iter().map(|m| (m.seq, m)).collect(), from, to };
+        Ok(())
+    }
+
+    async fn first_stored_at_or_after(&self, work: &mut Work, seq: u64) -> Result<Option<u64>, StoreError> {
+        self.ensure_view(work, seq).await?;
+        loop {
+            if let Some((&found, _)) = work.view.items.range(seq..work.view.to).next() {
+                return Ok(Some(found));
+            }
+            if work.view.to == u64::MAX {
+                return Ok(None);
+            }
+            let to = work.view.to;
+            self.fetch_view(work, to).await?;
+        }
+    }
+
+    async fn store_waiting(&self, work: &mut Work) -> Result<Waiting, StoreError> {
+        if let Some(w) = work.store_waiting {
+            return Ok(w);
+        }
+        let w = self.store.waiting(&work.context_id, work.state.next).await?;
+        work.store_waiting = Some(w);
+        Ok(w)
+    }
+
+    /// Dead-letters waiting messages older than the retention (SPEC §2: waiting messages
+    /// are never deleted by expiry), then forgets a context with nothing left waiting
+    /// whose state is older than the retention.
+    async fn expire<D: DeadLetterSink>(
+        &self,
+        work: &mut Work,
+        cutoff: Millis,
+        dlq: &D,
+    ) -> Result<(), StoreError> {
+        let mut from = work.state.next;
+        let mut remaining = Waiting::default();
+        loop {
+            let page = self.store.staged(&work.context_id, from, PAGE).await?;
+            let full = page.len() == PAGE;
+            for msg in &page {
+                from = msg.seq.saturating_add(1);
+                if msg.received_at > cutoff {
+                    remaining.count += 1;
+                    remaining.oldest_received_at =
+                        Some(remaining.oldest_received_at.map_or(msg.received_at, |t| t.min(msg.received_at)));
+                    continue;
+                }
+                let detail = format!(
+                    "context {} position {} waited longer than the retention ({})",
+                    work.context_id, msg.seq, self.config.retention
+                );
+                bump(&self.counters.expired);
+                if !self.dead_letter(work, msg, Reason::Expired, &detail, dlq).await.is_settled() {
+                    return Err(StoreError::Unavailable(format!(
+                        "could not dead-letter expired message {} of context {}",
+                        msg.seq, work.context_id
+                    )));
+                }
+                work.remove_staged.push(msg.seq);
+                work.dirty = true;
+            }
+            if !full {
+                break;
+            }
+        }
+        work.view = StoreView::empty();
+        for seq in &work.remove_staged {
+            work.view.items.remove(seq);
+        }
+        work.store_waiting = Some(remaining);
+        if work.state.updated_at <= cutoff && work.loaded_version > 0 {
+            // With nothing waiting the context is forgotten; messages still waiting keep
+            // it alive, and refreshing `updated_at` stops every sweep finding it again.
+            work.forget = remaining.count == 0;
+            work.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Writes what the batch decided for one context: the messages still waiting, then
+    /// the state. If either fails, nothing released in this batch is settled.
+    async fn finish<D: DeadLetterSink>(&self, mut work: Work, now: Millis, dlq: &D, outcomes: &mut [Outcome]) {
+        if work.failed.is_none() {
+            let pending = std::mem::take(&mut work.pending);
+            for (_, p) in pending {
+                match self.store.stage(&work.context_id, &p.msg).await {
+                    Ok(StageOutcome::Staged) => bump(&self.counters.staged),
+                    Ok(StageOutcome::AlreadyStaged) => {
+                        bump(&self.counters.duplicates);
+                        outcomes[p.index] = Outcome::Duplicate;
+                    }
+                    Ok(StageOutcome::Conflict) => {
+                        bump(&self.counters.conflicts);
+                        let detail = format!(
+                            "context {} position {} was already staged with a different body; the first copy wins",
+                            work.context_id, p.msg.seq
+                        );
+                        outcomes[p.index] = self.dead_letter(&work, &p.msg, Reason::Conflict, &detail, dlq).await;
+                    }
+                    Err(err) => {
+                        outcomes[p.index] = Outcome::Held(Hold::Failed(err.to_string()));
+                        work.failed = Some(err.to_string());
+                    }
+                }
+            }
+        }
+        if work.failed.is_none() && work.dirty {
+            work.state.updated_at = now;
+            let commit = Commit {
+                expected_version: work.loaded_version,
+                state: if work.forget { None } else { Some(work.state.clone()) },
+                remove_staged: std::mem::take(&mut work.remove_staged),
+            };
+            match self.store.commit(&work.context_id, &commit).await {
+                Ok(CommitOutcome::Committed) => {
+                    if commit.state.is_none() {
+                        bump(&self.counters.contexts_forgotten);
+                    }
+                }
+                Ok(CommitOutcome::VersionMismatch) => {
+                    for &i in &work.released {
+                        outcomes[i] = Outcome::Held(Hold::Busy);
+                    }
+                }
+                Err(err) => work.failed = Some(err.to_string()),
+            }
+        }
+        if let Some(err) = work.failed {
+            for &i in &work.released {
+                outcomes[i] = Outcome::Held(Hold::Failed(err.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The message model (SPEC §1): what arrives ([`RawMessage`]) and what the engine orders
+//! ([`Envelope`]).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::time::Millis;
+
+/// One SQS-style message attribute. `data_type` keeps custom suffixes (`Number.float`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributeValue {
+    pub data_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub string: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<Bytes>,
+}
+
+impl AttributeValue {
+    pub fn string(s: impl Into<String>) -> AttributeValue {
+        AttributeValue { data_type: "String".into(), string: Some(s.into()), binary: None }
+    }
+    pub fn number(n: impl ToString) -> AttributeValue {
+        AttributeValue { data_type: "Number".into(), string: Some(n.to_string()), binary: None }
+    }
+}
+
+pub type Attributes = BTreeMap<String, AttributeValue>;
+
+/// A message as received, before its context and position are known.
+#[derive(Clone, Debug, Default)]
+pub struct RawMessage {
+    /// The SQS `MessageId` (in `reseq run`: the input line number).
+    pub message_id: String,
+    pub body: Bytes,
+    pub attributes: Attributes,
+    /// The FIFO `MessageGroupId`, when there is one.
+    pub group_id: Option<String>,
+    pub received_at: Millis,
+}
+
+/// A message whose context and position are known: the unit the engine orders.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub context_id: String,
+    pub seq: u64,
+    pub message_id: String,
+    pub body: Bytes,
+    pub attributes: Attributes,
+    pub received_at: Millis,
+    /// `final=true`: releasing this message closes the context (SPEC §2).
+    pub is_final: bool,
+}
+
+impl Envelope {
+    /// A minimal envelope, for tests and generators.
+    pub fn new(context_id: impl Into<String>, seq: u64, body: impl Into<Bytes>) -> Envelope {
+        Envelope {
+            context_id: context_id.into(),
+            seq,
+            message_id: String::new(),
+            body: body.into(),
+            attributes: Attributes::new(),
+            received_at: Millis(0),
+            is_final: false,
+        }
+    }
+
+    /// Identity of the body: two copies of a position with different hashes conflict.
+    pub fn body_hash(&self) -> u64 {
+        body_hash(&self.body)
+    }
+}
+
+pub fn body_hash(body: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(body)
+}

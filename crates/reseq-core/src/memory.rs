@@ -1,0 +1,127 @@
+//! An in-memory [`StagingStore`]: the reference implementation of the store semantics,
+//! used by `reseq run` without `--state`, by the demo's fast path and by simulations.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use crate::store::{
+    Commit, CommitOutcome, ContextState, DueQuery, StageOutcome, StagedMessage, StagingStore, StoreError, Waiting,
+};
+
+#[derive(Default)]
+struct Entry {
+    state: Option<ContextState>,
+    staged: BTreeMap<u64, StagedMessage>,
+}
+
+impl Entry {
+    fn next(&self) -> u64 {
+        self.state.as_ref().map_or(0, |s| s.next)
+    }
+
+    fn is_due(&self, q: &DueQuery) -> bool {
+        let state = self.state.as_ref();
+        let waiting = || self.staged.range(self.next()..).map(|(_, m)| m.received_at);
+        state.and_then(ContextState::wake_at).is_some_and(|t| t <= q.now)
+            || state.is_some_and(|s| s.updated_at <= q.retention_cutoff)
+            || self.staged.values().any(|m| m.received_at <= q.retention_cutoff)
+            || match q.gap_cutoff {
+                Some(cutoff) if state.is_none_or(|s| s.blocked.is_none()) => waiting().any(|t| t <= cutoff),
+                _ => false,
+            }
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    contexts: Mutex<HashMap<String, Entry>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Entry>) -> T) -> T {
+        // A panic while holding the lock cannot leave an entry half-written: every
+        // mutation below is a single insert or remove.
+        let mut guard = self.contexts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    }
+}
+
+impl StagingStore for MemoryStore {
+    async fn load(&self, context_id: &str) -> Result<Option<ContextState>, StoreError> {
+        Ok(self.with(|m| m.get(context_id).and_then(|e| e.state.clone())))
+    }
+
+    async fn stage(&self, context_id: &str, msg: &StagedMessage) -> Result<StageOutcome, StoreError> {
+        Ok(self.with(|m| {
+            let entry = m.entry(context_id.to_string()).or_default();
+            match entry.staged.get(&msg.seq) {
+                Some(existing) if existing.body_hash == msg.body_hash => StageOutcome::AlreadyStaged,
+                Some(_) => StageOutcome::Conflict,
+                None => {
+                    entry.staged.insert(msg.seq, msg.clone());
+                    StageOutcome::Staged
+                }
+            }
+        }))
+    }
+
+    async fn staged(&self, context_id: &str, from: u64, limit: usize) -> Result<Vec<StagedMessage>, StoreError> {
+        Ok(self.with(|m| {
+            m.get(context_id)
+                .map(|e| e.staged.range(from..).take(limit).map(|(_, msg)| msg.clone()).collect())
+                .unwrap_or_default()
+        }))
+    }
+
+    async fn waiting(&self, context_id: &str, from: u64) -> Result<Waiting, StoreError> {
+        Ok(self.with(|m| {
+            let Some(entry) = m.get(context_id) else { return Waiting::default() };
+            entry.staged.range(from..).fold(Waiting::default(), |w, (_, msg)| Waiting {
+                count: w.count + 1,
+                oldest_received_at: Some(w.oldest_received_at.map_or(msg.received_at, |t| t.min(msg.received_at))),
+            })
+        }))
+    }
+
+    async fn commit(&self, context_id: &str, commit: &Commit) -> Result<CommitOutcome, StoreError> {
+        Ok(self.with(|m| {
+            let current = m.get(context_id).and_then(|e| e.state.as_ref()).map_or(0, |s| s.version);
+            if current != commit.expected_version {
+                return CommitOutcome::VersionMismatch;
+            }
+            match &commit.state {
+                None => {
+                    m.remove(context_id);
+                }
+                Some(state) => {
+                    let entry = m.entry(context_id.to_string()).or_default();
+                    let mut state = state.clone();
+                    state.version = commit.expected_version + 1;
+                    entry.staged = entry.staged.split_off(&state.next);
+                    for seq in &commit.remove_staged {
+                        entry.staged.remove(seq);
+                    }
+                    entry.state = Some(state);
+                }
+            }
+            CommitOutcome::Committed
+        }))
+    }
+
+    async fn due(&self, query: &DueQuery) -> Result<Vec<String>, StoreError> {
+        Ok(self.with(|m| {
+            let mut due: Vec<String> = m.iter().filter(|(_, e)| e.is_due(query)).map(|(id, _)| id.clone()).collect();
+            due.sort();
+            due.truncate(query.limit);
+            due
+        }))
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

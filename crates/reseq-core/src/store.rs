@@ -1,0 +1,245 @@
+//! The staging seam: what the engine needs from durable storage, and nothing more.
+//!
+//! Every method is one conditional operation a DynamoDB table can do in one request:
+//! - [`StagingStore::stage`] is a conditional put (`attribute_not_exists`): a second copy
+//!   of a position is reported, never overwritten.
+//! - [`StagingStore::commit`] is one conditional write of the context's state item,
+//!   guarded by its version. Releasing a run of k messages is one commit: staged
+//!   positions below the new cursor count as released, and a store may leave them for
+//!   TTL instead of deleting them.
+//! - [`StagingStore::staged`] is a query on the sort key from a position.
+//!
+//! Writes become durable at [`StagingStore::flush`]; a store that writes through makes
+//! it a no-op. Callers acknowledge a message to its source only after a flush.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Attributes, Envelope};
+use crate::time::Millis;
+
+/// An inclusive range of positions that were given up on (gap timeout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqRange {
+    pub first: u64,
+    pub last: u64,
+}
+
+impl SeqRange {
+    pub fn contains(&self, seq: u64) -> bool {
+        self.first <= seq && seq <= self.last
+    }
+    pub fn len(&self) -> u64 {
+        self.last - self.first + 1
+    }
+}
+
+/// The handler failed on `seq` and it will be tried again at `not_before`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryState {
+    pub seq: u64,
+    pub attempts: u32,
+    pub not_before: Millis,
+    pub last_error: String,
+}
+
+/// The context stopped at `seq` (`--on-poison block`) until an operator acts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocked {
+    pub seq: u64,
+    pub attempts: u32,
+    pub error: String,
+    pub since: Millis,
+}
+
+/// A worker's claim on a context while it releases (SPEC §4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    pub until: Millis,
+}
+
+/// Everything the engine knows about one context, stored as one item.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextState {
+    /// The next position to release.
+    pub next: u64,
+    /// The last position handed to the handler successfully (the next release's `prev_seq`).
+    pub last_released: Option<u64>,
+    /// Set by the store: 0 means "not stored yet"; each commit increments it.
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SeqRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<Blocked>,
+    /// The position of the `final` message, once released: the context is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+    /// When this state was last written: with no messages waiting, the context's records
+    /// expire `retention` after it.
+    pub updated_at: Millis,
+}
+
+impl ContextState {
+    pub fn new(first_seq: u64) -> ContextState {
+        ContextState {
+            next: first_seq,
+            last_released: None,
+            version: 0,
+            skipped: Vec::new(),
+            retry: None,
+            blocked: None,
+            final_seq: None,
+            lease: None,
+            updated_at: Millis(0),
+        }
+    }
+
+    pub fn is_skipped(&self, seq: u64) -> bool {
+        self.skipped.iter().any(|r| r.contains(seq))
+    }
+
+    /// When a timer of this context fires without new traffic (retry backoff); the store
+    /// indexes it so that sweeps find the context without a scan.
+    pub fn wake_at(&self) -> Option<Millis> {
+        match (&self.blocked, &self.retry) {
+            (None, Some(retry)) => Some(retry.not_before),
+            _ => None,
+        }
+    }
+
+    /// Records positions `first..=last` as skipped, merging with an adjacent range.
+    pub fn record_skip(&mut self, first: u64, last: u64) {
+        if let Some(prev) = self.skipped.last_mut() {
+            if prev.last.checked_add(1) == Some(first) {
+                prev.last = last;
+                return;
+            }
+        }
+        self.skipped.push(SeqRange { first, last });
+    }
+}
+
+/// A message waiting in the store for its predecessors (or for a handler retry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedMessage {
+    pub seq: u64,
+    pub message_id: String,
+    pub body: Bytes,
+    #[serde(default, skip_serializing_if = "Attributes::is_empty")]
+    pub attributes: Attributes,
+    pub received_at: Millis,
+    pub body_hash: u64,
+    #[serde(default)]
+    pub is_final: bool,
+}
+
+impl StagedMessage {
+    pub fn from_envelope(env: &Envelope) -> StagedMessage {
+        StagedMessage {
+            seq: env.seq,
+            message_id: env.message_id.clone(),
+            body: env.body.clone(),
+            attributes: env.attributes.clone(),
+            received_at: env.received_at,
+            body_hash: env.body_hash(),
+            is_final: env.is_final,
+        }
+    }
+}
+
+/// What a conditional put found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageOutcome {
+    /// Written: this copy is now the one that counts.
+    Staged,
+    /// The same position with the same body hash was there already: nothing written.
+    AlreadyStaged,
+    /// The same position with another body hash was there already: nothing written.
+    Conflict,
+}
+
+/// How many messages wait at or after a position, and since when the oldest waits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Waiting {
+    pub count: u64,
+    pub oldest_received_at: Option<Millis>,
+}
+
+/// One conditional write of a context's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// The version the writer read (0: the context was not stored).
+    pub expected_version: u64,
+    /// The new state, or `None` to forget the context (retention ran out). Staged
+    /// positions below `state.next` are released: the store deletes them or lets TTL do it.
+    pub state: Option<ContextState>,
+    /// Staged positions at or above the cursor to remove (dead-lettered as expired).
+    pub remove_staged: Vec<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed,
+    /// Someone else wrote the state since it was read: nothing written.
+    VersionMismatch,
+}
+
+/// Which contexts a sweep should look at: any with a timer due at `now`, with a message
+/// waiting since before `gap_cutoff` (when not blocked), or with records older than
+/// `retention_cutoff`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DueQuery {
+    pub now: Millis,
+    pub gap_cutoff: Option<Millis>,
+    pub retention_cutoff: Millis,
+    pub limit: usize,
+}
+
+/// A store failure. `Unavailable` may succeed if tried again; `Fatal` will not.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("staging store unavailable: {0}")]
+    Unavailable(String),
+    #[error("staging store failed: {0}")]
+    Fatal(String),
+    #[error("staging store holds unreadable data for context {context_id:?}: {detail}")]
+    Corrupt { context_id: String, detail: String },
+}
+
+/// Durable staging for the engine. See the module documentation for the semantics each
+/// method must honour; `reseq-conformance` checks them for every implementation.
+pub trait StagingStore: Send + Sync {
+    /// The context's state, or `None` if it was never committed (or has expired).
+    fn load(&self, context_id: &str) -> impl Future<Output = Result<Option<ContextState>, StoreError>> + Send;
+
+    /// Conditional put of a waiting message.
+    fn stage(&self, context_id: &str, msg: &StagedMessage) -> impl Future<Output = Result<StageOutcome, StoreError>> + Send;
+
+    /// Up to `limit` staged messages with `seq >= from`, in ascending order. Callers pass
+    /// `from >= state.next`; positions below the committed cursor may or may not appear.
+    fn staged(
+        &self,
+        context_id: &str,
+        from: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StagedMessage>, StoreError>> + Send;
+
+    /// Count and age of the staged messages with `seq >= from`.
+    fn waiting(&self, context_id: &str, from: u64) -> impl Future<Output = Result<Waiting, StoreError>> + Send;
+
+    /// Conditional write of the state (see [`Commit`]).
+    fn commit(&self, context_id: &str, commit: &Commit) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
+
+    /// Contexts that need a sweep (see [`DueQuery`]), without scanning every context.
+    fn due(&self, query: &DueQuery) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
