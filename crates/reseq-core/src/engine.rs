@@ -350,7 +350,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 return Err(StoreError::Unavailable(err));
             }
             let swept = async {
-                self.expire(&mut work, query.retention_cutoff, dlq).await?;
+                self.expire(&mut work, now, dlq).await?;
                 self.advance(&mut work, now, handler, dlq, &mut no_outcomes).await
             };
             if let Err(err) = swept.await {
@@ -732,9 +732,11 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     async fn expire<D: DeadLetterSink>(
         &self,
         work: &mut Work,
-        cutoff: Millis,
+        now: Millis,
         dlq: &D,
     ) -> Result<(), StoreError> {
+        // Measured as an age, not against `now - retention`, which saturates at the epoch.
+        let retention = self.config.retention;
         let mut from = work.state.next;
         let mut remaining = Waiting::default();
         loop {
@@ -742,7 +744,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             let full = page.len() == PAGE;
             for msg in &page {
                 from = msg.seq.saturating_add(1);
-                if msg.received_at > cutoff {
+                if now.since(msg.received_at) < retention {
                     remaining.count += 1;
                     remaining.oldest_received_at =
                         Some(remaining.oldest_received_at.map_or(msg.received_at, |t| t.min(msg.received_at)));
@@ -771,7 +773,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             work.view.items.remove(seq);
         }
         work.store_waiting = Some(remaining);
-        if work.state.updated_at <= cutoff && work.loaded_version > 0 {
+        if now.since(work.state.updated_at) >= retention && work.loaded_version > 0 {
             // With nothing waiting the context is forgotten; messages still waiting keep
             // it alive, and refreshing `updated_at` stops every sweep finding it again.
             work.forget = remaining.count == 0;

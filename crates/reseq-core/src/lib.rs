@@ -23,6 +23,7 @@ pub mod handler;
 pub mod memory;
 pub mod reason;
 pub mod store;
+pub mod testing;
 pub mod time;
 
 pub use engine::{Engine, EngineConfig, Hold, LatePolicy, Outcome, PoisonPolicy, Stats};

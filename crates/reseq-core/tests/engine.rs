@@ -1,0 +1,364 @@
+//! The engine's ordering rules (SPEC §2–§4), one behaviour per test, on the memory store.
+
+use std::sync::Arc;
+
+use reseq_core::testing::{CountingStore, Op, RecordingDlq, RecordingHandler};
+use reseq_core::{
+    Duration, Engine, EngineConfig, Envelope, HandlerError, Hold, LatePolicy, ManualClock, MemoryStore, Millis,
+    Outcome, PoisonPolicy, Reason, SeqRange, StagingStore,
+};
+
+type TestEngine = Engine<CountingStore<MemoryStore>, Arc<ManualClock>>;
+
+struct Rig {
+    engine: TestEngine,
+    clock: Arc<ManualClock>,
+    handler: RecordingHandler,
+    dlq: RecordingDlq,
+}
+
+impl Rig {
+    fn new(config: EngineConfig) -> Rig {
+        let clock = Arc::new(ManualClock::new(Millis(1_000_000)));
+        Rig {
+            engine: Engine::new(CountingStore::new(MemoryStore::new()), clock.clone(), config),
+            clock,
+            handler: RecordingHandler::new(),
+            dlq: RecordingDlq::new(),
+        }
+    }
+
+    fn msg(&self, ctx: &str, seq: u64) -> Envelope {
+        self.body(ctx, seq, &format!("{ctx}:{seq}"))
+    }
+
+    fn body(&self, ctx: &str, seq: u64, body: &str) -> Envelope {
+        Envelope { received_at: reseq_core::Clock::now(&*self.clock), ..Envelope::new(ctx, seq, body.to_string()) }
+    }
+
+    async fn send(&self, batch: Vec<Envelope>) -> Vec<Outcome> {
+        self.engine.process(batch, &self.handler, &self.dlq).await
+    }
+
+    async fn one(&self, ctx: &str, seq: u64) -> Outcome {
+        self.send(vec![self.msg(ctx, seq)]).await.remove(0)
+    }
+
+    async fn sweep(&self) -> usize {
+        self.engine.sweep(&self.handler, &self.dlq, 100).await.unwrap()
+    }
+
+    async fn state(&self, ctx: &str) -> reseq_core::ContextState {
+        self.engine.store().load(ctx).await.unwrap().expect("context state")
+    }
+}
+
+fn cfg() -> EngineConfig {
+    EngineConfig::default()
+}
+
+#[tokio::test]
+async fn a_consecutive_run_is_released_with_one_state_write_and_no_staging() {
+    let rig = Rig::new(cfg());
+    let batch = (1..=10).map(|s| rig.msg("a", s)).collect();
+    let outcomes = rig.send(batch).await;
+    assert!(outcomes.iter().all(|o| *o == Outcome::Released), "{outcomes:?}");
+    assert_eq!(rig.handler.seqs("a"), (1..=10).collect::<Vec<_>>());
+    assert_eq!(rig.engine.store().count(Op::Commit), 1, "one cursor write for the whole run");
+    assert_eq!(rig.engine.store().count(Op::Stage), 0, "released in its own batch: never staged");
+    assert_eq!(rig.state("a").await.next, 11);
+}
+
+#[tokio::test]
+async fn arrivals_3_1_2_5_4_release_as_1_then_2_3_then_4_5() {
+    let rig = Rig::new(cfg());
+    assert_eq!(rig.one("a", 3).await, Outcome::Staged);
+    assert_eq!(rig.one("a", 1).await, Outcome::Released);
+    assert_eq!(rig.handler.seqs("a"), vec![1]);
+    assert_eq!(rig.one("a", 2).await, Outcome::Released);
+    assert_eq!(rig.handler.seqs("a"), vec![1, 2, 3]);
+    assert_eq!(rig.one("a", 5).await, Outcome::Staged);
+    assert_eq!(rig.one("a", 4).await, Outcome::Released);
+    assert_eq!(rig.handler.seqs("a"), vec![1, 2, 3, 4, 5]);
+    let prevs: Vec<_> = rig.handler.delivered().iter().map(|d| d.prev_seq).collect();
+    assert_eq!(prevs, vec![None, Some(1), Some(2), Some(3), Some(4)]);
+    assert_eq!(rig.engine.store().inner.waiting("a", 0).await.unwrap().count, 0, "released rows are gone");
+}
+
+#[tokio::test]
+async fn out_of_order_batch_costs_one_put_per_waiting_message_and_one_commit() {
+    let rig = Rig::new(cfg());
+    let outcomes = rig.send(vec![rig.msg("a", 4), rig.msg("a", 3), rig.msg("a", 2)]).await;
+    assert_eq!(outcomes, vec![Outcome::Staged; 3]);
+    assert_eq!(rig.engine.store().count(Op::Stage), 3);
+    assert_eq!(rig.engine.store().count(Op::Commit), 0, "nothing released, state untouched");
+    rig.one("a", 1).await;
+    assert_eq!(rig.handler.seqs("a"), vec![1, 2, 3, 4]);
+    assert_eq!(rig.engine.store().count(Op::Commit), 1);
+}
+
+#[tokio::test]
+async fn duplicates_are_dropped_whether_released_staged_or_in_the_same_batch() {
+    let rig = Rig::new(cfg());
+    let outcomes = rig.send(vec![rig.msg("a", 1), rig.msg("a", 1), rig.msg("a", 3), rig.msg("a", 3)]).await;
+    assert_eq!(outcomes, vec![Outcome::Released, Outcome::Duplicate, Outcome::Staged, Outcome::Duplicate]);
+    assert_eq!(rig.one("a", 3).await, Outcome::Duplicate, "staged by an earlier batch");
+    assert_eq!(rig.one("a", 1).await, Outcome::Duplicate, "already released");
+    assert_eq!(rig.handler.seqs("a"), vec![1]);
+    assert_eq!(rig.engine.stats().duplicates, 4);
+    assert!(rig.dlq.letters().is_empty());
+}
+
+#[tokio::test]
+async fn a_second_copy_with_another_body_is_a_conflict_and_the_first_wins() {
+    let rig = Rig::new(cfg());
+    rig.send(vec![rig.body("a", 2, "x")]).await;
+    let out = rig.send(vec![rig.body("a", 2, "y")]).await;
+    assert_eq!(out, vec![Outcome::DeadLettered(Reason::Conflict)]);
+    let out = rig.send(vec![rig.body("a", 3, "p"), rig.body("a", 3, "q"), rig.msg("a", 1)]).await;
+    assert_eq!(out, vec![Outcome::Released, Outcome::DeadLettered(Reason::Conflict), Outcome::Released]);
+    let bodies: Vec<_> = rig.handler.delivered().iter().map(|d| d.body.clone()).collect();
+    assert_eq!(bodies, vec!["a:1", "x", "p"]);
+    assert_eq!(rig.dlq.reasons(), vec![Reason::Conflict, Reason::Conflict]);
+    assert_eq!(rig.dlq.letters()[0].body, "y");
+}
+
+#[tokio::test]
+async fn a_staged_first_copy_wins_over_an_in_order_copy_of_the_same_position() {
+    let rig = Rig::new(cfg());
+    rig.send(vec![rig.body("a", 1, "first")]).await;
+    // Simulate a copy staged by a worker that saw an older cursor: position 1 is staged
+    // and the cursor is at 1.
+    let store = rig.engine.store();
+    let mut staged = reseq_core::StagedMessage::from_envelope(&rig.body("b", 1, "staged"));
+    staged.seq = 1;
+    store.stage("b", &staged).await.unwrap();
+    let out = rig.send(vec![rig.body("b", 1, "other")]).await;
+    assert_eq!(out, vec![Outcome::DeadLettered(Reason::Conflict)]);
+    assert_eq!(rig.handler.delivered().last().unwrap().body, "staged");
+}
+
+#[tokio::test]
+async fn a_gap_is_skipped_after_the_timeout_even_without_new_traffic() {
+    let rig = Rig::new(EngineConfig { gap_timeout: Some(Duration::from_secs(10)), ..cfg() });
+    rig.one("a", 1).await;
+    rig.one("a", 4).await;
+    rig.clock.advance(Duration::from_millis(9_999));
+    rig.sweep().await;
+    assert_eq!(rig.handler.seqs("a"), vec![1]);
+    rig.clock.advance(Duration::from_millis(1));
+    assert_eq!(rig.sweep().await, 1);
+    assert_eq!(rig.handler.seqs("a"), vec![1, 4]);
+    let state = rig.state("a").await;
+    assert_eq!(state.skipped, vec![SeqRange { first: 2, last: 3 }]);
+    assert_eq!(rig.handler.delivered()[1].prev_seq, Some(1));
+    let stats = rig.engine.stats();
+    assert_eq!((stats.gaps_skipped, stats.positions_skipped), (1, 2));
+    assert_eq!(rig.sweep().await, 0, "nothing left to do");
+}
+
+#[tokio::test]
+async fn a_gap_is_also_skipped_when_the_next_message_arrives_late_enough() {
+    let rig = Rig::new(EngineConfig { gap_timeout: Some(Duration::from_secs(1)), ..cfg() });
+    rig.one("a", 3).await;
+    rig.clock.advance(Duration::from_secs(2));
+    assert_eq!(rig.one("a", 5).await, Outcome::Staged);
+    assert_eq!(rig.handler.seqs("a"), vec![3], "3 waited past the timeout; 5 has not");
+    assert_eq!(rig.state("a").await.skipped, vec![SeqRange { first: 1, last: 2 }]);
+}
+
+#[tokio::test]
+async fn late_messages_follow_the_late_policy() {
+    for (policy, expected) in [
+        (LatePolicy::DeadLetter, Outcome::DeadLettered(Reason::Late)),
+        (LatePolicy::Drop, Outcome::Dropped),
+        (LatePolicy::Deliver, Outcome::Released),
+    ] {
+        let rig = Rig::new(EngineConfig { gap_timeout: Some(Duration::from_secs(1)), late: policy, ..cfg() });
+        rig.one("a", 2).await;
+        rig.clock.advance(Duration::from_secs(1));
+        rig.sweep().await;
+        assert_eq!(rig.one("a", 1).await, expected, "{policy:?}");
+        let late: Vec<_> = rig.handler.delivered().iter().map(|d| (d.seq, d.late)).collect();
+        match policy {
+            LatePolicy::Deliver => assert_eq!(late, vec![(2, false), (1, true)]),
+            _ => assert_eq!(late, vec![(2, false)]),
+        }
+        assert_eq!(rig.engine.stats().late, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_full_context_holds_new_out_of_order_messages_but_still_releases() {
+    let rig = Rig::new(EngineConfig { max_staged: 2, ..cfg() });
+    assert_eq!(rig.one("a", 3).await, Outcome::Staged);
+    assert_eq!(rig.one("a", 5).await, Outcome::Staged);
+    assert_eq!(rig.one("a", 4).await, Outcome::Held(Hold::Capacity));
+    assert!(!Outcome::Held(Hold::Capacity).is_settled(), "backpressure: not acknowledged");
+    assert_eq!(rig.one("b", 9).await, Outcome::Staged, "other contexts are not affected");
+    assert_eq!(rig.one("a", 1).await, Outcome::Released);
+    assert_eq!(rig.one("a", 2).await, Outcome::Released);
+    assert_eq!(rig.handler.seqs("a"), vec![1, 2, 3]);
+    assert_eq!(rig.one("a", 4).await, Outcome::Released, "redelivered after room was made");
+    assert_eq!(rig.handler.seqs("a"), vec![1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn retryable_failures_back_off_1s_doubling_and_then_succeed() {
+    let rig = Rig::new(cfg());
+    let retry = || HandlerError::Retryable("downstream 503".into());
+    rig.handler.fail("a", 2, vec![retry(), retry()]);
+    let out = rig.send(vec![rig.msg("a", 1), rig.msg("a", 2), rig.msg("a", 3)]).await;
+    assert_eq!(out, vec![Outcome::Released, Outcome::Staged, Outcome::Staged], "both stay durable");
+    let state = rig.state("a").await;
+    assert_eq!(state.retry.as_ref().map(|r| (r.attempts, r.not_before)), Some((1, Millis(1_001_000))));
+    rig.clock.advance(Duration::from_millis(999));
+    rig.sweep().await;
+    assert_eq!(rig.handler.seqs("a"), vec![1]);
+    rig.clock.advance(Duration::from_millis(1));
+    rig.sweep().await;
+    assert_eq!(rig.state("a").await.retry.unwrap().not_before, Millis(1_003_000), "second wait is 2 s");
+    rig.clock.advance(Duration::from_secs(2));
+    assert_eq!(rig.one("a", 4).await, Outcome::Released, "a new message also retries once due");
+    assert_eq!(rig.handler.seqs("a"), vec![1, 2, 3, 4]);
+    assert_eq!(rig.handler.delivered()[1].attempt, 3);
+    assert_eq!(rig.engine.stats().handler_retries, 2);
+}
+
+#[tokio::test]
+async fn backoff_caps_at_sixty_seconds() {
+    let waits: Vec<u64> = (1..=8).map(|n| reseq_core::engine::retry_backoff(n).0 / 1000).collect();
+    assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+}
+
+#[tokio::test]
+async fn exhausted_retries_block_the_context_by_default() {
+    let rig = Rig::new(EngineConfig { max_attempts: 2, ..cfg() });
+    let retry = || HandlerError::Retryable("503".into());
+    rig.handler.fail("a", 1, vec![retry(), retry(), retry()]);
+    assert_eq!(rig.one("a", 1).await, Outcome::Staged);
+    rig.clock.advance(Duration::from_secs(1));
+    rig.sweep().await;
+    let blocked = rig.state("a").await.blocked.expect("blocked");
+    assert_eq!((blocked.seq, blocked.attempts), (1, 2));
+    assert_eq!(rig.one("a", 2).await, Outcome::Staged, "nothing after the poison message is released");
+    rig.clock.advance(Duration::from_secs(3600));
+    rig.sweep().await;
+    assert!(rig.handler.seqs("a").is_empty());
+    assert_eq!(rig.engine.stats().blocked, 1);
+}
+
+#[tokio::test]
+async fn a_permanent_failure_with_skip_dead_letters_and_moves_on() {
+    let rig = Rig::new(EngineConfig { on_poison: PoisonPolicy::Skip, ..cfg() });
+    rig.handler.fail("a", 2, vec![HandlerError::Permanent("bad payload".into())]);
+    let out = rig.send(vec![rig.msg("a", 3), rig.msg("a", 2), rig.msg("a", 1)]).await;
+    assert_eq!(out, vec![Outcome::Released, Outcome::DeadLettered(Reason::HandlerFailed), Outcome::Released]);
+    assert_eq!(rig.handler.seqs("a"), vec![1, 3]);
+    let letter = &rig.dlq.letters()[0];
+    assert_eq!((letter.seq, letter.reason), (2, Reason::HandlerFailed));
+    assert!(letter.detail.contains("bad payload"), "{}", letter.detail);
+    assert_eq!(rig.one("a", 2).await, Outcome::Duplicate);
+}
+
+#[tokio::test]
+async fn a_final_message_closes_the_context_and_retention_forgets_it() {
+    let rig = Rig::new(EngineConfig { retention: Duration::from_secs(60), ..cfg() });
+    let mut last = rig.msg("a", 2);
+    last.is_final = true;
+    rig.send(vec![rig.msg("a", 1), last]).await;
+    assert_eq!(rig.state("a").await.final_seq, Some(2));
+    assert_eq!(rig.one("a", 3).await, Outcome::DeadLettered(Reason::Late), "nothing follows the final message");
+    rig.clock.advance(Duration::from_secs(60));
+    assert_eq!(rig.sweep().await, 1);
+    assert_eq!(rig.engine.store().load("a").await.unwrap(), None);
+    assert_eq!(rig.engine.stats().contexts_forgotten, 1);
+}
+
+#[tokio::test]
+async fn waiting_messages_are_dead_lettered_before_retention_forgets_them() {
+    let rig = Rig::new(EngineConfig { retention: Duration::from_secs(60), ..cfg() });
+    rig.one("a", 1).await;
+    rig.one("a", 3).await;
+    rig.clock.advance(Duration::from_secs(30));
+    rig.one("a", 5).await;
+    rig.clock.advance(Duration::from_secs(30));
+    rig.sweep().await;
+    assert_eq!(rig.dlq.letters().iter().map(|l| (l.seq, l.reason)).collect::<Vec<_>>(), vec![(3, Reason::Expired)]);
+    assert!(rig.engine.store().load("a").await.unwrap().is_some(), "5 still waits: the context stays");
+    rig.clock.advance(Duration::from_secs(30));
+    rig.sweep().await;
+    assert_eq!(rig.dlq.reasons(), vec![Reason::Expired, Reason::Expired]);
+    rig.clock.advance(Duration::from_secs(60));
+    rig.sweep().await;
+    assert_eq!(rig.engine.store().load("a").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_store_failure_settles_nothing_of_that_context() {
+    let rig = Rig::new(cfg());
+    rig.engine.store().set_failing(Op::Commit, true);
+    let out = rig.send(vec![rig.msg("a", 1), rig.msg("a", 2)]).await;
+    assert!(out.iter().all(|o| matches!(o, Outcome::Held(Hold::Failed(_)))), "{out:?}");
+    rig.engine.store().set_failing(Op::Commit, false);
+    let out = rig.send(vec![rig.msg("a", 1), rig.msg("a", 2)]).await;
+    assert_eq!(out, vec![Outcome::Released, Outcome::Released], "redelivery repeats the run: at least once");
+    assert_eq!(rig.handler.seqs("a"), vec![1, 2, 1, 2]);
+}
+
+#[tokio::test]
+async fn a_failing_load_holds_only_that_context() {
+    let rig = Rig::new(cfg());
+    rig.engine.store().set_failing(Op::Load, true);
+    let out = rig.send(vec![rig.msg("a", 1)]).await;
+    assert!(matches!(out[0], Outcome::Held(Hold::Failed(_))));
+    rig.engine.store().set_failing(Op::Load, false);
+    assert_eq!(rig.one("a", 1).await, Outcome::Released);
+}
+
+#[tokio::test]
+async fn an_unavailable_dead_letter_queue_holds_the_message() {
+    let rig = Rig::new(cfg());
+    rig.one("a", 2).await;
+    rig.dlq.set_unavailable(true);
+    let out = rig.send(vec![rig.body("a", 2, "other")]).await;
+    assert!(matches!(out[0], Outcome::Held(Hold::Failed(_))), "{out:?}");
+}
+
+/// A store where another writer commits the same context just before each of our commits.
+struct RacedStore(MemoryStore);
+
+impl StagingStore for RacedStore {
+    async fn load(&self, c: &str) -> Result<Option<reseq_core::ContextState>, reseq_core::StoreError> {
+        self.0.load(c).await
+    }
+    async fn stage(&self, c: &str, m: &reseq_core::StagedMessage) -> Result<reseq_core::StageOutcome, reseq_core::StoreError> {
+        self.0.stage(c, m).await
+    }
+    async fn staged(&self, c: &str, from: u64, limit: usize) -> Result<Vec<reseq_core::StagedMessage>, reseq_core::StoreError> {
+        self.0.staged(c, from, limit).await
+    }
+    async fn waiting(&self, c: &str, from: u64) -> Result<reseq_core::Waiting, reseq_core::StoreError> {
+        self.0.waiting(c, from).await
+    }
+    async fn commit(&self, c: &str, commit: &reseq_core::Commit) -> Result<reseq_core::CommitOutcome, reseq_core::StoreError> {
+        let theirs = reseq_core::Commit { state: Some(reseq_core::ContextState::new(1)), ..commit.clone() };
+        self.0.commit(c, &theirs).await?;
+        self.0.commit(c, commit).await
+    }
+    async fn due(&self, q: &reseq_core::DueQuery) -> Result<Vec<String>, reseq_core::StoreError> {
+        self.0.due(q).await
+    }
+    async fn flush(&self) -> Result<(), reseq_core::StoreError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_commit_that_loses_a_race_settles_nothing_it_released() {
+    let engine = Engine::new(RacedStore(MemoryStore::new()), ManualClock::new(Millis(0)), cfg());
+    let (handler, dlq) = (RecordingHandler::new(), RecordingDlq::new());
+    let out = engine.process(vec![Envelope::new("a", 1, "x"), Envelope::new("a", 3, "z")], &handler, &dlq).await;
+    assert_eq!(out, vec![Outcome::Held(Hold::Busy), Outcome::Staged], "staged is durable; the release is not");
+    assert_eq!(handler.seqs("a"), vec![1]);
+}
