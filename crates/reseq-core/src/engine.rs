@@ -173,8 +173,10 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Relaxed);
 }
 
-/// How many staged messages one store query brings back.
-const PAGE: usize = 128;
+/// How many staged messages the first store query of a context brings back; each
+/// further query of the same context in a batch asks for four times more, up to `PAGE`.
+const FIRST_PAGE: usize = 8;
+const PAGE: usize = 512;
 
 /// The engine over a store `S` and a clock `C`.
 pub struct Engine<S, C> {
@@ -234,6 +236,7 @@ struct Work {
     dirty: bool,
     pending: BTreeMap<u64, Pending>,
     view: StoreView,
+    next_page: usize,
     /// Staged in the store at or after `state.next`; `None` when it must be asked again.
     store_waiting: Option<Waiting>,
     remove_staged: Vec<u64>,
@@ -293,7 +296,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         dlq: &D,
     ) -> Vec<Outcome> {
         let now = self.clock.now();
-        let mut outcomes = vec![Outcome::Held(Hold::Failed("not processed".into())); batch.len()];
+        let mut outcomes = vec![Outcome::Held(Hold::Failed(String::new())); batch.len()];
         let mut works: HashMap<String, Work> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
         for (index, env) in batch.into_iter().enumerate() {
@@ -374,6 +377,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             dirty: false,
             pending: BTreeMap::new(),
             view: StoreView::empty(),
+            next_page: FIRST_PAGE,
             store_waiting: None,
             remove_staged: Vec::new(),
             forget: false,
@@ -396,7 +400,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         let seq = env.seq;
         if let Some(final_seq) = work.state.final_seq.filter(|f| seq > *f) {
             let detail = format!("context {} closed at its final position {final_seq}", work.context_id);
-            let msg = StagedMessage::from_envelope(&env);
+            let msg = StagedMessage::from_envelope(env);
             bump(&self.counters.late);
             outcomes[index] = self.dead_letter(work, &msg, Reason::Late, &detail, dlq).await;
             return Ok(());
@@ -410,7 +414,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             }
             return Ok(());
         }
-        let msg = StagedMessage::from_envelope(&env);
+        let msg = StagedMessage::from_envelope(env);
         if let Some(first) = work.pending.get(&seq).map(|p| p.msg.body_hash) {
             outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
             return Ok(());
@@ -423,21 +427,29 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             {
                 return Ok(());
             }
-        } else {
-            if let Some(first) = work.view.covers(seq).then(|| work.view.items.get(&seq)).flatten() {
-                let first = first.body_hash;
-                outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
-                return Ok(());
-            }
-            let waiting = self.store_waiting(work).await?.count + work.pending.len() as u64;
-            if waiting >= self.config.max_staged {
-                outcomes[index] = Outcome::Held(Hold::Capacity);
-                return Ok(());
-            }
-            work.pending.insert(seq, Pending { msg, index });
-            outcomes[index] = Outcome::Staged;
+            return self.advance(work, now, handler, dlq, outcomes).await;
         }
-        self.advance(work, now, handler, dlq, outcomes).await
+        // Out of order (or the context is stalled): it waits. A copy already in the store
+        // is found here if the store was read anyway, else by the conditional put.
+        if let Some(first) = work.view.covers(seq).then(|| work.view.items.get(&seq)).flatten() {
+            let first = first.body_hash;
+            outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
+            return Ok(());
+        }
+        let waiting = self.store_waiting(work).await?.count + work.pending.len() as u64;
+        if waiting >= self.config.max_staged {
+            outcomes[index] = Outcome::Held(Hold::Capacity);
+            return Ok(());
+        }
+        work.pending.insert(seq, Pending { msg, index });
+        outcomes[index] = Outcome::Staged;
+        // Nothing became releasable, unless a handler retry is due or the wait outlasted
+        // the gap timeout.
+        let retry_due = work.state.retry.is_some() && !self.stalled(&work.state, now);
+        if retry_due || self.gap_expired(work, now).await? {
+            self.advance(work, now, handler, dlq, outcomes).await?;
+        }
+        Ok(())
     }
 
     /// A second copy of a waiting position: a duplicate if the body is the same, else a
@@ -457,7 +469,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
 
     async fn late<H: Handler, D: DeadLetterSink>(&self, work: &Work, env: Envelope, handler: &H, dlq: &D) -> Outcome {
         bump(&self.counters.late);
-        let msg = StagedMessage::from_envelope(&env);
+        let msg = StagedMessage::from_envelope(env);
         match self.config.late {
             LatePolicy::Drop => Outcome::Dropped,
             LatePolicy::DeadLetter => {
@@ -556,17 +568,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     /// If the oldest waiting message has waited `gap_timeout`, records the missing
     /// positions before the lowest waiting one as skipped and moves the cursor there.
     async fn skip_expired_gap(&self, work: &mut Work, now: Millis) -> Result<bool, StoreError> {
-        let Some(timeout) = self.config.gap_timeout else { return Ok(false) };
-        let stored = self.store_waiting(work).await?;
-        let pending_oldest = work.pending.values().map(|p| p.msg.received_at).min();
-        let oldest = match (stored.oldest_received_at, pending_oldest) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => match a.or(b) {
-                Some(t) => t,
-                None => return Ok(false),
-            },
-        };
-        if now.since(oldest) < timeout {
+        if !self.gap_expired(work, now).await? {
             return Ok(false);
         }
         let next = work.state.next;
@@ -582,6 +584,15 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         bump(&self.counters.gaps_skipped);
         self.counters.positions_skipped.fetch_add(lowest - next, Relaxed);
         Ok(true)
+    }
+
+    /// Whether the oldest message waiting in this context has waited `gap_timeout`.
+    async fn gap_expired(&self, work: &mut Work, now: Millis) -> Result<bool, StoreError> {
+        let Some(timeout) = self.config.gap_timeout else { return Ok(false) };
+        let stored = self.store_waiting(work).await?.oldest_received_at;
+        let pending = work.pending.values().map(|p| p.msg.received_at).min();
+        let oldest = [stored, pending].into_iter().flatten().min();
+        Ok(oldest.is_some_and(|t| now.since(t) >= timeout))
     }
 
     /// Hands one message to the handler and applies the result to the context.
@@ -688,8 +699,10 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     }
 
     async fn fetch_view(&self, work: &mut Work, from: u64) -> Result<(), StoreError> {
-        let page = self.store.staged(&work.context_id, from, PAGE).await?;
-        let complete = page.len() < PAGE;
+        let limit = work.next_page;
+        work.next_page = (limit * 4).min(PAGE);
+        let page = self.store.staged(&work.context_id, from, limit).await?;
+        let complete = page.len() < limit;
         let to = if complete { u64::MAX } else { page.last().map_or(u64::MAX, |m| m.seq.saturating_add(1)) };
         if complete && from <= work.state.next {
             // The page holds everything that waits: its count and age come for free.

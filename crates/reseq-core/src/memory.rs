@@ -42,6 +42,11 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
+    /// How many messages wait in every context together.
+    pub fn waiting_total(&self) -> u64 {
+        self.with(|m| m.values().map(|e| e.staged.range(e.next()..).count() as u64).sum())
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Entry>) -> T) -> T {
         // A panic while holding the lock cannot leave an entry half-written: every
         // mutation below is a single insert or remove.

@@ -141,14 +141,14 @@ pub struct StagedMessage {
 }
 
 impl StagedMessage {
-    pub fn from_envelope(env: &Envelope) -> StagedMessage {
+    pub fn from_envelope(env: Envelope) -> StagedMessage {
         StagedMessage {
             seq: env.seq,
-            message_id: env.message_id.clone(),
-            body: env.body.clone(),
-            attributes: env.attributes.clone(),
-            received_at: env.received_at,
             body_hash: env.body_hash(),
+            message_id: env.message_id,
+            body: env.body,
+            attributes: env.attributes,
+            received_at: env.received_at,
             is_final: env.is_final,
         }
     }

@@ -130,7 +130,7 @@ async fn a_staged_first_copy_wins_over_an_in_order_copy_of_the_same_position() {
     // Simulate a copy staged by a worker that saw an older cursor: position 1 is staged
     // and the cursor is at 1.
     let store = rig.engine.store();
-    let mut staged = reseq_core::StagedMessage::from_envelope(&rig.body("b", 1, "staged"));
+    let mut staged = reseq_core::StagedMessage::from_envelope(rig.body("b", 1, "staged"));
     staged.seq = 1;
     store.stage("b", &staged).await.unwrap();
     let out = rig.send(vec![rig.body("b", 1, "other")]).await;

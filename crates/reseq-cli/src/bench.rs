@@ -1,0 +1,130 @@
+//! `reseq bench`: throughput of the engine on the memory store, and of the whole
+//! `reseq run` pipeline (parse, extract, order, write) on a SQLite state file, on the
+//! same generated traffic. Figures go to docs/PERFORMANCE.md with this command line.
+
+use std::io::Cursor;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use reseq_core::{Engine, EngineConfig, Envelope, Handler, HandlerError, MemoryStore, Release, SystemClock};
+use reseq_core::testing::RecordingDlq;
+use reseq_sqlite::SqliteStore;
+
+use crate::run::{DlqFile, RunArgs, execute};
+use crate::traffic::{TrafficSpec, context_id, json_line};
+use crate::OrderingArgs;
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pub contexts: usize,
+    /// Each context's positions are shuffled in blocks of this many.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Fraction of messages sent twice.
+    #[arg(long, default_value_t = 0.01)]
+    pub duplicates: f64,
+    /// Messages per engine batch in the engine measurement.
+    #[arg(long, default_value_t = 4096)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+/// Counts releases; does nothing else, so the engine's own cost is what is measured.
+#[derive(Default)]
+struct Count(std::sync::atomic::AtomicU64);
+
+impl Handler for Count {
+    async fn handle(&self, _msg: &Release<'_>) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+pub fn main(args: BenchArgs) -> Result<ExitCode> {
+    let spec = TrafficSpec {
+        contexts: args.contexts,
+        messages: args.messages,
+        window: args.window,
+        duplicates: args.duplicates,
+        missing: 0.0,
+        late: 0.0,
+        seed: args.seed,
+    };
+    let traffic = spec.generate();
+    let n = traffic.stream.len();
+    println!(
+        "reseq bench: {n} messages ({} before duplicates) over {} contexts, shuffled in windows of {}, {:.1}% duplicates",
+        args.messages,
+        args.contexts,
+        args.window,
+        args.duplicates * 100.0
+    );
+
+    let envelopes: Vec<Envelope> =
+        traffic.stream.iter().map(|m| Envelope::new(context_id(m.context), m.seq, json_line(*m))).collect();
+    let engine = Engine::new(MemoryStore::new(), SystemClock, EngineConfig::default());
+    let (count, dlq) = (Count::default(), RecordingDlq::new());
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let mut batches = Vec::new();
+    let mut rest = envelopes;
+    while !rest.is_empty() {
+        let tail = rest.split_off(rest.len().min(args.batch.max(1)));
+        batches.push(std::mem::replace(&mut rest, tail));
+    }
+    let started = Instant::now();
+    runtime.block_on(async {
+        for batch in batches {
+            engine.process(batch, &count, &dlq).await;
+        }
+    });
+    let engine_secs = started.elapsed().as_secs_f64();
+    let released = count.0.load(std::sync::atomic::Ordering::Relaxed);
+    anyhow::ensure!(released as usize == n - engine.stats().duplicates as usize, "bench run did not release everything");
+    report("engine, memory store", n, engine_secs);
+
+    let mut input = Vec::with_capacity(n * 80);
+    for m in &traffic.stream {
+        input.extend_from_slice(json_line(*m).as_bytes());
+        input.push(b'\n');
+    }
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let path = dir.path().join("bench.db");
+    let run_args = RunArgs {
+        input: None,
+        state: Some(path.clone()),
+        dlq: None,
+        context_path: "/contextId".into(),
+        seq_path: "/sequence".into(),
+        final_path: None,
+        ordering: OrderingArgs {
+            first_seq: 1,
+            gap_timeout: None,
+            late: Default::default(),
+            max_staged: 10_000,
+            retention: reseq_core::Duration::from_secs(14 * 86_400),
+        },
+    };
+    let store = SqliteStore::open(&path)?;
+    let started = Instant::now();
+    let run = execute(&run_args, store, Box::new(Cursor::new(input.clone())), std::io::sink(), &DlqFile::sink())?;
+    let run_secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(run.stats.released as usize == released as usize, "reseq run released {} of {released}", run.stats.released);
+    report("reseq run, SQLite --state", n, run_secs);
+
+    let started = Instant::now();
+    let run = execute(&run_args, MemoryStore::new(), Box::new(Cursor::new(input)), std::io::sink(), &DlqFile::sink())?;
+    let mem_secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(run.stats.released as usize == released as usize, "in-memory reseq run lost messages");
+    report("reseq run, in memory", n, mem_secs);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(what: &str, n: usize, secs: f64) {
+    println!("  {what:<28} {:>10.0} messages/s  ({n} in {secs:.2}s)", n as f64 / secs);
+}
