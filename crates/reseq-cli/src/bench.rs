@@ -33,6 +33,9 @@ pub struct BenchArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Run only one measurement: engine, run-sqlite or run-memory.
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 /// Counts releases; does nothing else, so the engine's own cost is what is measured.
@@ -66,28 +69,13 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
         args.duplicates * 100.0
     );
 
-    let envelopes: Vec<Envelope> =
-        traffic.stream.iter().map(|m| Envelope::new(context_id(m.context), m.seq, json_line(*m))).collect();
-    let engine = Engine::new(MemoryStore::new(), SystemClock, EngineConfig::default());
-    let (count, dlq) = (Count::default(), RecordingDlq::new());
-    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    let mut batches = Vec::new();
-    let mut rest = envelopes;
-    while !rest.is_empty() {
-        let tail = rest.split_off(rest.len().min(args.batch.max(1)));
-        batches.push(std::mem::replace(&mut rest, tail));
+    // Every distinct (context, position) is released once; the rest are duplicates.
+    let distinct: std::collections::HashSet<_> = traffic.stream.iter().map(|m| (m.context, m.seq)).collect();
+    let expected = distinct.len() as u64;
+    let wanted = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
+    if wanted("engine") {
+        bench_engine(&args, &traffic, expected)?;
     }
-    let started = Instant::now();
-    runtime.block_on(async {
-        for batch in batches {
-            engine.process(batch, &count, &dlq).await;
-        }
-    });
-    let engine_secs = started.elapsed().as_secs_f64();
-    let released = count.0.load(std::sync::atomic::Ordering::Relaxed);
-    anyhow::ensure!(released as usize == n - engine.stats().duplicates as usize, "bench run did not release everything");
-    report("engine, memory store", n, engine_secs);
-
     let mut input = Vec::with_capacity(n * 80);
     for m in &traffic.stream {
         input.extend_from_slice(json_line(*m).as_bytes());
@@ -110,19 +98,47 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
             retention: reseq_core::Duration::from_secs(14 * 86_400),
         },
     };
-    let store = SqliteStore::open(&path)?;
-    let started = Instant::now();
-    let run = execute(&run_args, store, Box::new(Cursor::new(input.clone())), std::io::sink(), &DlqFile::sink())?;
-    let run_secs = started.elapsed().as_secs_f64();
-    anyhow::ensure!(run.stats.released as usize == released as usize, "reseq run released {} of {released}", run.stats.released);
-    report("reseq run, SQLite --state", n, run_secs);
-
-    let started = Instant::now();
-    let run = execute(&run_args, MemoryStore::new(), Box::new(Cursor::new(input)), std::io::sink(), &DlqFile::sink())?;
-    let mem_secs = started.elapsed().as_secs_f64();
-    anyhow::ensure!(run.stats.released as usize == released as usize, "in-memory reseq run lost messages");
-    report("reseq run, in memory", n, mem_secs);
+    if wanted("run-sqlite") {
+        let store = SqliteStore::open(&path)?;
+        let started = Instant::now();
+        let run = execute(&run_args, store, Box::new(Cursor::new(input.clone())), std::io::sink(), &DlqFile::sink())?;
+        report("reseq run, SQLite --state", n, started.elapsed().as_secs_f64());
+        anyhow::ensure!(run.stats.released == expected, "reseq run released {} of {expected}", run.stats.released);
+    }
+    if wanted("run-memory") {
+        let started = Instant::now();
+        let run = execute(&run_args, MemoryStore::new(), Box::new(Cursor::new(input)), std::io::sink(), &DlqFile::sink())?;
+        report("reseq run, in memory", n, started.elapsed().as_secs_f64());
+        anyhow::ensure!(run.stats.released == expected, "reseq run released {} of {expected}", run.stats.released);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The engine alone: envelopes built beforehand, a handler that only counts.
+fn bench_engine(args: &BenchArgs, traffic: &crate::traffic::Traffic, expected: u64) -> Result<()> {
+    let envelopes: Vec<Envelope> =
+        traffic.stream.iter().map(|m| Envelope::new(context_id(m.context), m.seq, json_line(*m))).collect();
+    let n = envelopes.len();
+    let engine = Engine::new(MemoryStore::new(), SystemClock, EngineConfig::default());
+    let (count, dlq) = (Count::default(), RecordingDlq::new());
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let mut batches: Vec<Vec<Envelope>> = Vec::new();
+    for env in envelopes {
+        match batches.last_mut() {
+            Some(batch) if batch.len() < args.batch.max(1) => batch.push(env),
+            _ => batches.push(vec![env]),
+        }
+    }
+    let started = Instant::now();
+    runtime.block_on(async {
+        for batch in batches {
+            engine.process(batch, &count, &dlq).await;
+        }
+    });
+    report("engine, memory store", n, started.elapsed().as_secs_f64());
+    let released = count.0.load(std::sync::atomic::Ordering::Relaxed);
+    anyhow::ensure!(released == expected, "the engine released {released} of {expected}");
+    Ok(())
 }
 
 fn report(what: &str, n: usize, secs: f64) {
