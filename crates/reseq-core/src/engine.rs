@@ -70,6 +70,8 @@ pub struct EngineConfig {
     /// `None`: wait for a missing position forever.
     pub gap_timeout: Option<Duration>,
     pub late: LatePolicy,
+    /// Positions more than this far ahead of the cursor are held back (backpressure), so a
+    /// context never has more than this many messages waiting.
     pub max_staged: u64,
     pub retention: Duration,
     pub max_attempts: u32,
@@ -122,7 +124,7 @@ impl Outcome {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Hold {
-    /// The context already holds `max_staged` waiting messages (backpressure).
+    /// The position is more than `max_staged` ahead of the cursor (backpressure).
     Capacity,
     /// Another writer changed the context meanwhile.
     Busy,
@@ -173,9 +175,9 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Relaxed);
 }
 
-/// How many staged messages the first store query of a context brings back; each
-/// further query of the same context in a batch asks for four times more, up to `PAGE`.
-const FIRST_PAGE: usize = 8;
+/// How many positions the first store read of a context covers; each further read of the
+/// same context in a batch covers four times more, up to `PAGE`.
+const FIRST_PAGE: usize = 16;
 const PAGE: usize = 512;
 
 /// The engine over a store `S` and a clock `C`.
@@ -211,20 +213,20 @@ struct Pending {
     index: usize,
 }
 
-/// The staged messages read from the store for one context, complete for `[from, to)`.
+/// The staged messages read from the store for one context, complete for `from..=last`.
 struct StoreView {
     items: BTreeMap<u64, StagedMessage>,
     from: u64,
-    to: u64,
+    last: u64,
 }
 
 impl StoreView {
     fn empty() -> StoreView {
-        StoreView { items: BTreeMap::new(), from: 0, to: 0 }
+        StoreView { items: BTreeMap::new(), from: 1, last: 0 }
     }
 
     fn covers(&self, seq: u64) -> bool {
-        self.from <= seq && seq < self.to
+        self.from <= seq && seq <= self.last
     }
 }
 
@@ -297,16 +299,24 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     ) -> Vec<Outcome> {
         let now = self.clock.now();
         let mut outcomes = vec![Outcome::Held(Hold::Failed(String::new())); batch.len()];
-        let mut works: HashMap<String, Work> = HashMap::new();
-        let mut order: Vec<String> = Vec::new();
-        for (index, env) in batch.into_iter().enumerate() {
+        // Which context each message belongs to, as an index into `works`, in order of
+        // first appearance: the end-of-batch writes go out in that order.
+        let mut first_seen: HashMap<&str, usize> = HashMap::new();
+        let slots: Vec<usize> = batch
+            .iter()
+            .map(|env| {
+                let next_slot = first_seen.len();
+                *first_seen.entry(env.context_id.as_str()).or_insert(next_slot)
+            })
+            .collect();
+        let mut works: Vec<Option<Work>> = (0..first_seen.len()).map(|_| None).collect();
+        drop(first_seen);
+        for ((index, env), slot) in batch.into_iter().enumerate().zip(slots) {
             bump(&self.counters.received);
-            if !works.contains_key(&env.context_id) {
-                let work = self.load(&env.context_id).await;
-                order.push(env.context_id.clone());
-                works.insert(env.context_id.clone(), work);
-            }
-            let Some(work) = works.get_mut(&env.context_id) else { continue };
+            let work = match &mut works[slot] {
+                Some(work) => work,
+                empty => empty.insert(self.load(&env.context_id).await),
+            };
             if let Some(err) = &work.failed {
                 outcomes[index] = Outcome::Held(Hold::Failed(err.clone()));
                 continue;
@@ -316,10 +326,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 work.failed = Some(err.to_string());
             }
         }
-        for context_id in order {
-            if let Some(work) = works.remove(&context_id) {
-                self.finish(work, now, dlq, &mut outcomes).await;
-            }
+        for work in works.into_iter().flatten() {
+            self.finish(work, now, dlq, &mut outcomes).await;
         }
         for outcome in &outcomes {
             if !outcome.is_settled() {
@@ -436,8 +444,10 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
             return Ok(());
         }
-        let waiting = self.store_waiting(work).await?.count + work.pending.len() as u64;
-        if waiting >= self.config.max_staged {
+        // Capacity as a window: only positions within `max_staged` of the cursor wait, so
+        // a context never holds more than `max_staged` staged messages and the check
+        // costs no store read.
+        if seq - work.state.next > self.config.max_staged {
             outcomes[index] = Outcome::Held(Hold::Capacity);
             return Ok(());
         }
@@ -698,36 +708,23 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         Ok(())
     }
 
+    /// Reads the staged messages in the window `from..from + width`: the positions a
+    /// release can use next. Each further read of the same context covers a wider window.
     async fn fetch_view(&self, work: &mut Work, from: u64) -> Result<(), StoreError> {
-        let limit = work.next_page;
-        work.next_page = (limit * 4).min(PAGE);
-        let page = self.store.staged(&work.context_id, from, limit).await?;
-        let complete = page.len() < limit;
-        let to = if complete { u64::MAX } else { page.last().map_or(u64::MAX, |m| m.seq.saturating_add(1)) };
-        if complete && from <= work.state.next {
-            // The page holds everything that waits: its count and age come for free.
-            let waiting = page.iter().filter(|m| m.seq >= work.state.next);
-            work.store_waiting = Some(Waiting {
-                count: waiting.clone().count() as u64,
-                oldest_received_at: waiting.map(|m| m.received_at).min(),
-            });
-        }
-        work.view = StoreView { items: page.into_iter().map(|m| (m.seq, m)).collect(), from, to };
+        let width = work.next_page;
+        work.next_page = (width * 4).min(PAGE);
+        let last = from.saturating_add(width as u64 - 1);
+        let page = self.store.staged(&work.context_id, from, last, width).await?;
+        work.view = StoreView { items: page.into_iter().map(|m| (m.seq, m)).collect(), from, last };
         Ok(())
     }
 
     async fn first_stored_at_or_after(&self, work: &mut Work, seq: u64) -> Result<Option<u64>, StoreError> {
-        self.ensure_view(work, seq).await?;
-        loop {
-            if let Some((&found, _)) = work.view.items.range(seq..work.view.to).next() {
-                return Ok(Some(found));
-            }
-            if work.view.to == u64::MAX {
-                return Ok(None);
-            }
-            let to = work.view.to;
-            self.fetch_view(work, to).await?;
+        if let Some((&found, _)) = work.view.items.range(seq..).next().filter(|_| work.view.covers(seq)) {
+            return Ok(Some(found));
         }
+        let first = self.store.staged(&work.context_id, seq, u64::MAX, 1).await?;
+        Ok(first.first().map(|m| m.seq))
     }
 
     async fn store_waiting(&self, work: &mut Work) -> Result<Waiting, StoreError> {
@@ -753,7 +750,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         let mut from = work.state.next;
         let mut remaining = Waiting::default();
         loop {
-            let page = self.store.staged(&work.context_id, from, PAGE).await?;
+            let page = self.store.staged(&work.context_id, from, u64::MAX, PAGE).await?;
             let full = page.len() == PAGE;
             for msg in &page {
                 from = msg.seq.saturating_add(1);

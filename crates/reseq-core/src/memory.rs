@@ -32,6 +32,14 @@ impl Entry {
     }
 }
 
+/// The entry of a context, created if missing, without allocating a key when it exists.
+fn entry_mut<'a>(m: &'a mut HashMap<String, Entry>, context_id: &str) -> &'a mut Entry {
+    if !m.contains_key(context_id) {
+        m.insert(context_id.to_string(), Entry::default());
+    }
+    m.get_mut(context_id).expect("inserted above")
+}
+
 #[derive(Default)]
 pub struct MemoryStore {
     contexts: Mutex<HashMap<String, Entry>>,
@@ -62,7 +70,7 @@ impl StagingStore for MemoryStore {
 
     async fn stage(&self, context_id: &str, msg: &StagedMessage) -> Result<StageOutcome, StoreError> {
         Ok(self.with(|m| {
-            let entry = m.entry(context_id.to_string()).or_default();
+            let entry = entry_mut(m, context_id);
             match entry.staged.get(&msg.seq) {
                 Some(existing) if existing.body_hash == msg.body_hash => StageOutcome::AlreadyStaged,
                 Some(_) => StageOutcome::Conflict,
@@ -74,10 +82,10 @@ impl StagingStore for MemoryStore {
         }))
     }
 
-    async fn staged(&self, context_id: &str, from: u64, limit: usize) -> Result<Vec<StagedMessage>, StoreError> {
+    async fn staged(&self, context_id: &str, from: u64, to: u64, limit: usize) -> Result<Vec<StagedMessage>, StoreError> {
         Ok(self.with(|m| {
             m.get(context_id)
-                .map(|e| e.staged.range(from..).take(limit).map(|(_, msg)| msg.clone()).collect())
+                .map(|e| e.staged.range(from..=to.max(from)).filter(|(seq, _)| **seq <= to).take(limit).map(|(_, msg)| msg.clone()).collect())
                 .unwrap_or_default()
         }))
     }
@@ -103,10 +111,12 @@ impl StagingStore for MemoryStore {
                     m.remove(context_id);
                 }
                 Some(state) => {
-                    let entry = m.entry(context_id.to_string()).or_default();
+                    let entry = entry_mut(m, context_id);
                     let mut state = state.clone();
                     state.version = commit.expected_version + 1;
-                    entry.staged = entry.staged.split_off(&state.next);
+                    while entry.staged.first_key_value().is_some_and(|(seq, _)| *seq < state.next) {
+                        entry.staged.pop_first();
+                    }
                     for seq in &commit.remove_staged {
                         entry.staged.remove(seq);
                     }

@@ -7,7 +7,7 @@
 //!   guarded by its version. Releasing a run of k messages is one commit: staged
 //!   positions below the new cursor count as released, and a store may leave them for
 //!   TTL instead of deleting them.
-//! - [`StagingStore::staged`] is a query on the sort key from a position.
+//! - [`StagingStore::staged`] is a query on a range of the sort key.
 //!
 //! Writes become durable at [`StagingStore::flush`]; a store that writes through makes
 //! it a no-op. Callers acknowledge a message to its source only after a flush.
@@ -222,14 +222,10 @@ pub trait StagingStore: Send + Sync {
     /// Conditional put of a waiting message.
     fn stage(&self, context_id: &str, msg: &StagedMessage) -> impl Future<Output = Result<StageOutcome, StoreError>> + Send;
 
-    /// Up to `limit` staged messages with `seq >= from`, in ascending order. Callers pass
-    /// `from >= state.next`; positions below the committed cursor may or may not appear.
-    fn staged(
-        &self,
-        context_id: &str,
-        from: u64,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<StagedMessage>, StoreError>> + Send;
+    /// Up to `limit` staged messages with `from <= seq <= to`, in ascending order. Callers
+    /// pass `from >= state.next`; positions below the committed cursor may or may not appear.
+    /// The upper bound lets a store read only the window a release can use.
+    fn staged(&self, context_id: &str, from: u64, to: u64, limit: usize) -> impl Future<Output = Result<Vec<StagedMessage>, StoreError>> + Send;
 
     /// Count and age of the staged messages with `seq >= from`.
     fn waiting(&self, context_id: &str, from: u64) -> impl Future<Output = Result<Waiting, StoreError>> + Send;

@@ -190,9 +190,9 @@ impl<S: StagingStore> StagingStore for CountingStore<S> {
         self.enter(Op::Stage)?;
         self.inner.stage(context_id, msg).await
     }
-    async fn staged(&self, context_id: &str, from: u64, limit: usize) -> Result<Vec<StagedMessage>, StoreError> {
+    async fn staged(&self, context_id: &str, from: u64, to: u64, limit: usize) -> Result<Vec<StagedMessage>, StoreError> {
         self.enter(Op::Staged)?;
-        self.inner.staged(context_id, from, limit).await
+        self.inner.staged(context_id, from, to, limit).await
     }
     async fn waiting(&self, context_id: &str, from: u64) -> Result<Waiting, StoreError> {
         self.enter(Op::Waiting)?;

@@ -197,7 +197,7 @@ proptest! {
         }
         for (c, n) in &expected {
             let st = block_on(engine.store().load(c)).unwrap();
-            let w = block_on(engine.store().staged(c, 0, 100)).unwrap().iter().map(|m| m.seq).collect::<Vec<_>>();
+            let w = block_on(engine.store().staged(c, 0, u64::MAX, 100)).unwrap().iter().map(|m| m.seq).collect::<Vec<_>>();
             prop_assert_eq!(handler.seqs(c), (1..=*n).collect::<Vec<_>>(), "{:?} staged {:?}", st, w);
         }
     }

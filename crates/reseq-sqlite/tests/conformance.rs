@@ -30,8 +30,8 @@ mod on_disk {
         async fn stage(&self, id: &str, msg: &StagedMessage) -> Result<StageOutcome, StoreError> {
             self.store.stage(id, msg).await
         }
-        async fn staged(&self, id: &str, from: u64, limit: usize) -> Result<Vec<StagedMessage>, StoreError> {
-            self.store.staged(id, from, limit).await
+        async fn staged(&self, id: &str, from: u64, to: u64, limit: usize) -> Result<Vec<StagedMessage>, StoreError> {
+            self.store.staged(id, from, to, limit).await
         }
         async fn waiting(&self, id: &str, from: u64) -> Result<Waiting, StoreError> {
             self.store.waiting(id, from).await

@@ -163,8 +163,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Staged { ctx, from, limit } => {
                 prop_assert_eq!(
-                    ready(store.staged(CONTEXTS[ctx], from, limit)).unwrap(),
-                    ready(model.staged(CONTEXTS[ctx], from, limit)).unwrap(),
+                    ready(store.staged(CONTEXTS[ctx], from, u64::MAX, limit)).unwrap(),
+                    ready(model.staged(CONTEXTS[ctx], from, u64::MAX, limit)).unwrap(),
                     "{}",
                     at
                 );
@@ -223,8 +223,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for id in CONTEXTS {
         prop_assert_eq!(ready(store.load(id)).unwrap(), ready(model.load(id)).unwrap());
         prop_assert_eq!(
-            ready(store.staged(id, 0, usize::MAX)).unwrap(),
-            ready(model.staged(id, 0, usize::MAX)).unwrap()
+            ready(store.staged(id, 0, u64::MAX, usize::MAX)).unwrap(),
+            ready(model.staged(id, 0, u64::MAX, usize::MAX)).unwrap()
         );
     }
     Ok(())

@@ -53,7 +53,7 @@ fn commit(store: &SqliteStore, id: &str, expected: u64, state: ContextState) -> 
 }
 
 fn seqs(store: &SqliteStore, id: &str, from: u64) -> Vec<u64> {
-    ready(store.staged(id, from, usize::MAX))
+    ready(store.staged(id, from, u64::MAX, usize::MAX))
         .unwrap()
         .iter()
         .map(|m| m.seq)
@@ -223,7 +223,7 @@ fn u64_positions_and_times_round_trip_and_sort_across_the_sign_bit() {
     );
     assert_eq!(seqs(&store, "big", high + 1), vec![high + 1, u64::MAX - 1, u64::MAX]);
     assert_eq!(seqs(&store, "big", u64::MAX), vec![u64::MAX]);
-    let top = ready(store.staged("big", u64::MAX, 1)).unwrap().remove(0);
+    let top = ready(store.staged("big", u64::MAX, u64::MAX, 1)).unwrap().remove(0);
     assert_eq!((top.received_at, top.body_hash), (Millis(u64::MAX), u64::MAX - 7));
     assert_eq!(
         ready(store.waiting("big", high)).unwrap(),
@@ -349,7 +349,7 @@ fn an_unreadable_state_is_reported_as_corrupt_and_other_contexts_still_work() {
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
-    match ready(store.staged("attrs", 0, 10)) {
+    match ready(store.staged("attrs", 0, u64::MAX, 10)) {
         Err(StoreError::Corrupt { context_id, detail }) => {
             assert_eq!(context_id, "attrs");
             assert!(detail.contains("position 4"), "{detail}");
