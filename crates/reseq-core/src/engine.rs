@@ -9,7 +9,7 @@
 //! costs one state write, and a message released in the batch it arrived in is never
 //! staged at all. Outcomes tell the caller which messages it may acknowledge.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -213,16 +213,61 @@ struct Pending {
     index: usize,
 }
 
+/// A small map from position to value, kept as a sorted vector: a context rarely has more
+/// than a few entries per batch, and a vector costs one allocation where a `BTreeMap`
+/// allocates a whole node.
+struct SeqMap<T> {
+    entries: Vec<(u64, T)>,
+}
+
+impl<T> SeqMap<T> {
+    fn new() -> SeqMap<T> {
+        SeqMap { entries: Vec::new() }
+    }
+
+    fn from_sorted(entries: Vec<(u64, T)>) -> SeqMap<T> {
+        SeqMap { entries }
+    }
+
+    fn find(&self, seq: u64) -> Result<usize, usize> {
+        self.entries.binary_search_by_key(&seq, |(s, _)| *s)
+    }
+
+    fn get(&self, seq: u64) -> Option<&T> {
+        self.find(seq).ok().map(|i| &self.entries[i].1)
+    }
+
+    fn insert(&mut self, seq: u64, value: T) {
+        match self.find(seq) {
+            Ok(i) => self.entries[i].1 = value,
+            Err(i) => self.entries.insert(i, (seq, value)),
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<T> {
+        self.find(seq).ok().map(|i| self.entries.remove(i).1)
+    }
+
+    fn first_at_or_after(&self, seq: u64) -> Option<u64> {
+        let i = self.find(seq).unwrap_or_else(|i| i);
+        self.entries.get(i).map(|(s, _)| *s)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().map(|(_, v)| v)
+    }
+}
+
 /// The staged messages read from the store for one context, complete for `from..=last`.
 struct StoreView {
-    items: BTreeMap<u64, StagedMessage>,
+    items: SeqMap<StagedMessage>,
     from: u64,
     last: u64,
 }
 
 impl StoreView {
     fn empty() -> StoreView {
-        StoreView { items: BTreeMap::new(), from: 1, last: 0 }
+        StoreView { items: SeqMap::new(), from: 1, last: 0 }
     }
 
     fn covers(&self, seq: u64) -> bool {
@@ -236,7 +281,7 @@ struct Work {
     state: ContextState,
     loaded_version: u64,
     dirty: bool,
-    pending: BTreeMap<u64, Pending>,
+    pending: SeqMap<Pending>,
     view: StoreView,
     next_page: usize,
     /// Staged in the store at or after `state.next`; `None` when it must be asked again.
@@ -383,7 +428,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             loaded_version: state.version,
             state,
             dirty: false,
-            pending: BTreeMap::new(),
+            pending: SeqMap::new(),
             view: StoreView::empty(),
             next_page: FIRST_PAGE,
             store_waiting: None,
@@ -423,13 +468,13 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             return Ok(());
         }
         let msg = StagedMessage::from_envelope(env);
-        if let Some(first) = work.pending.get(&seq).map(|p| p.msg.body_hash) {
+        if let Some(first) = work.pending.get(seq).map(|p| p.msg.body_hash) {
             outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
             return Ok(());
         }
         if seq == work.state.next && !self.stalled(&work.state, now) {
             self.ensure_view(work, seq).await?;
-            if let Some(first) = work.view.items.get(&seq).map(|m| m.body_hash) {
+            if let Some(first) = work.view.items.get(seq).map(|m| m.body_hash) {
                 outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
             } else if let Step::Stall = self.release(work, msg, Source::Batch(index), now, handler, dlq, outcomes).await
             {
@@ -439,7 +484,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         }
         // Out of order (or the context is stalled): it waits. A copy already in the store
         // is found here if the store was read anyway, else by the conditional put.
-        if let Some(first) = work.view.covers(seq).then(|| work.view.items.get(&seq)).flatten() {
+        if let Some(first) = work.view.covers(seq).then(|| work.view.items.get(seq)).flatten() {
             let first = first.body_hash;
             outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
             return Ok(());
@@ -555,13 +600,13 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         while !self.stalled(&work.state, now) {
             let next = work.state.next;
             self.ensure_view(work, next).await?;
-            let (msg, source) = if let Some(stored) = work.view.items.remove(&next) {
+            let (msg, source) = if let Some(stored) = work.view.items.remove(next) {
                 work.store_waiting = None;
-                if let Some(copy) = work.pending.remove(&next) {
+                if let Some(copy) = work.pending.remove(next) {
                     outcomes[copy.index] = self.second_copy(work, stored.body_hash, &copy.msg, dlq).await;
                 }
                 (stored, Source::Store)
-            } else if let Some(p) = work.pending.remove(&next) {
+            } else if let Some(p) = work.pending.remove(next) {
                 (p.msg, Source::Pending(p.index))
             } else if self.skip_expired_gap(work, now).await? {
                 continue;
@@ -583,7 +628,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         }
         let next = work.state.next;
         let lowest_stored = self.first_stored_at_or_after(work, next).await?;
-        let lowest_pending = work.pending.keys().next().copied();
+        let lowest_pending = work.pending.first_at_or_after(0);
         let Some(lowest) = [lowest_stored, lowest_pending].into_iter().flatten().min() else { return Ok(false) };
         if lowest <= next {
             return Ok(false);
@@ -715,12 +760,13 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         work.next_page = (width * 4).min(PAGE);
         let last = from.saturating_add(width as u64 - 1);
         let page = self.store.staged(&work.context_id, from, last, width).await?;
-        work.view = StoreView { items: page.into_iter().map(|m| (m.seq, m)).collect(), from, last };
+        let items = SeqMap::from_sorted(page.into_iter().map(|m| (m.seq, m)).collect());
+        work.view = StoreView { items, from, last };
         Ok(())
     }
 
     async fn first_stored_at_or_after(&self, work: &mut Work, seq: u64) -> Result<Option<u64>, StoreError> {
-        if let Some((&found, _)) = work.view.items.range(seq..).next().filter(|_| work.view.covers(seq)) {
+        if let Some(found) = work.view.items.first_at_or_after(seq).filter(|_| work.view.covers(seq)) {
             return Ok(Some(found));
         }
         let first = self.store.staged(&work.context_id, seq, u64::MAX, 1).await?;
@@ -780,7 +826,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         }
         work.view = StoreView::empty();
         for seq in &work.remove_staged {
-            work.view.items.remove(seq);
+            work.view.items.remove(*seq);
         }
         work.store_waiting = Some(remaining);
         if now.since(work.state.updated_at) >= retention && work.loaded_version > 0 {
@@ -796,8 +842,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     /// the state. If either fails, nothing released in this batch is settled.
     async fn finish<D: DeadLetterSink>(&self, mut work: Work, now: Millis, dlq: &D, outcomes: &mut [Outcome]) {
         if work.failed.is_none() {
-            let pending = std::mem::take(&mut work.pending);
-            for (_, p) in pending {
+            let pending = std::mem::replace(&mut work.pending, SeqMap::new());
+            for (_, p) in pending.entries {
                 match self.store.stage(&work.context_id, &p.msg).await {
                     Ok(StageOutcome::Staged) => bump(&self.counters.staged),
                     Ok(StageOutcome::AlreadyStaged) => {
