@@ -3,7 +3,7 @@
 //! and the state (if any) is flushed; rejected lines go to the `--dlq` file.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -51,6 +51,11 @@ pub struct RunArgs {
 const BATCH_LINES: usize = 4096;
 /// How often timers (gap timeouts, retries, retention) are swept while input flows.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// The state file is saved at least this often, and after this many lines: each save
+/// writes every page the lines touched, so saving per batch would rewrite the same pages
+/// many times. A crash repeats at most the lines since the last save (at least once).
+const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const SAVE_AFTER_LINES: u64 = 100_000;
 
 pub fn main(args: RunArgs) -> Result<ExitCode> {
     for (flag, pointer) in [("--context-path", &args.context_path), ("--seq-path", &args.seq_path)] {
@@ -59,12 +64,9 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
-    let input: Box<dyn BufRead + Send> = match &args.input {
-        Some(path) => Box::new(BufReader::with_capacity(
-            1 << 20,
-            File::open(path).with_context(|| format!("cannot read --input {}", path.display()))?,
-        )),
-        None => Box::new(BufReader::with_capacity(1 << 20, io::stdin())),
+    let input: Box<dyn Read + Send> = match &args.input {
+        Some(path) => Box::new(File::open(path).with_context(|| format!("cannot read --input {}", path.display()))?),
+        None => Box::new(io::stdin()),
     };
     let dlq = DlqFile::open(args.dlq.as_deref())?;
     let stdout = io::stdout();
@@ -133,7 +135,7 @@ enum Line {
 pub fn execute<S: StagingStore + 'static>(
     args: &RunArgs,
     store: S,
-    input: Box<dyn BufRead + Send>,
+    input: Box<dyn Read + Send>,
     output: impl Write + Send,
     dlq: &DlqFile,
 ) -> Result<RunReport> {
@@ -146,95 +148,86 @@ pub fn execute<S: StagingStore + 'static>(
     let handler = LineWriter { out: Mutex::new(BufWriter::with_capacity(1 << 20, output)), error: Mutex::new(None) };
     let runtime = tokio::runtime::Builder::new_current_thread().build().context("cannot start the async runtime")?;
 
-    let (lines_tx, lines_rx) = mpsc::sync_channel::<Line>(BATCH_LINES * 4);
+    let (lines_tx, lines_rx) = mpsc::sync_channel::<Vec<Line>>(16);
     let reader = std::thread::spawn(move || read_lines(input, lines_tx));
 
     let mut report = RunReport::default();
-    // Lines held back by a full context, offered again with each batch.
-    let mut held: Vec<Envelope> = Vec::new();
+    // Lines held back because their position is too far ahead (--max-staged), offered
+    // again with each batch.
+    let mut held: Vec<Source> = Vec::new();
     let mut last_sweep = Instant::now();
-    loop {
-        let mut batch: Vec<Envelope> = std::mem::take(&mut held);
-        let mut ended = false;
-        // Wait for one line (at most a second, so that timers still fire on a quiet
-        // input), then take whatever else is already there.
+    let mut last_save = (Instant::now(), 0u64);
+    let mut ended = false;
+    while !ended {
+        let mut sources: Vec<Source> = std::mem::take(&mut held);
+        // Wait for lines (at most a second, so that timers still fire on a quiet input),
+        // then take whatever else is already there.
         let mut next = match lines_rx.recv_timeout(SWEEP_EVERY) {
-            Ok(line) => Some(line),
+            Ok(lines) => Some(lines),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 ended = true;
                 None
             }
         };
-        while let Some(line) = next.take() {
-            match line {
-                Line::Error(err) => {
-                    report.input_error = Some(err);
-                    ended = true;
-                }
-                Line::Text { number, bytes } => {
-                    report.lines += 1;
-                    let body = Bytes::from(bytes);
-                    let raw = RawMessage {
-                        message_id: number.to_string(),
-                        body: body.clone(),
-                        received_at: SystemClock.now(),
-                        ..RawMessage::default()
-                    };
-                    match extractor.extract(raw) {
-                        Ok(env) => batch.push(env),
-                        Err(rejection) => {
-                            report.rejected += 1;
-                            dlq.buffer(number, rejection.reason, &rejection.detail, &body);
-                        }
+        while let Some(lines) = next.take() {
+            for line in lines {
+                match line {
+                    Line::Error(err) => {
+                        report.input_error = Some(err);
+                        ended = true;
+                    }
+                    Line::Text { number, bytes } => {
+                        report.lines += 1;
+                        sources.push(Source { number, body: Bytes::from(bytes) });
                     }
                 }
             }
-            if ended || batch.len() >= BATCH_LINES {
+            if ended || sources.len() >= BATCH_LINES {
                 break;
             }
-            next = match lines_rx.try_recv() {
-                Ok(line) => Some(line),
-                Err(mpsc::TryRecvError::Empty) => None,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    ended = true;
-                    None
-                }
-            };
+            next = lines_rx.try_recv().ok();
         }
+        let batch = envelopes(&extractor, &sources, dlq, &mut report);
         runtime.block_on(async {
-            let outcomes = engine.process(batch.clone(), &handler, dlq).await;
-            settle(batch, outcomes, &mut held)?;
+            let (batch, sources) = batch;
+            let outcomes = engine.process(batch, &handler, dlq).await;
+            settle(&sources, outcomes, &mut held)?;
             if ended || last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
                 sweep_all(&engine, &handler, dlq).await?;
             }
-            commit_batch(&engine, &handler, dlq).await
+            handler.flush()?;
+            dlq.flush()?;
+            if ended || last_save.0.elapsed() >= SAVE_EVERY || report.lines - last_save.1 >= SAVE_AFTER_LINES {
+                last_save = (Instant::now(), report.lines);
+                save(&engine, &handler, dlq).await?;
+            }
+            Ok::<_, anyhow::Error>(())
         })?;
-        if ended {
-            break;
-        }
     }
     // The input ended: offer held lines until the contexts they wait on stop moving.
     runtime.block_on(async {
         while !held.is_empty() {
             let before = held.len();
-            let batch = std::mem::take(&mut held);
-            let outcomes = engine.process(batch.clone(), &handler, dlq).await;
-            settle(batch, outcomes, &mut held)?;
+            let sources = std::mem::take(&mut held);
+            let (batch, sources) = envelopes(&extractor, &sources, dlq, &mut report);
+            let outcomes = engine.process(batch, &handler, dlq).await;
+            settle(&sources, outcomes, &mut held)?;
             if held.len() == before {
                 break;
             }
         }
-        for env in held.drain(..) {
+        for line in held.drain(..) {
             report.rejected += 1;
             let detail = format!(
-                "context {} already holds --max-staged {} waiting messages",
-                env.context_id, args.ordering.max_staged
+                "its position is more than --max-staged {} ahead of its context's next position, and the input \
+                 ended before the context caught up",
+                args.ordering.max_staged
             );
-            dlq.buffer(line_number(&env.message_id), Reason::MaxStaged, &detail, &env.body);
+            dlq.buffer(line.number, Reason::MaxStaged, &detail, &line.body);
         }
-        commit_batch(&engine, &handler, dlq).await
+        save(&engine, &handler, dlq).await
     })?;
     drop(lines_rx);
     let _ = reader.join();
@@ -245,10 +238,10 @@ pub fn execute<S: StagingStore + 'static>(
     Ok(report)
 }
 
-/// Makes a batch's effects durable in the order that keeps the guarantees: released
+/// Makes what was done so far durable in the order that keeps the guarantees: released
 /// lines reach stdout before the state records them as released, and rejected lines reach
 /// the DLQ file before the state forgets them.
-async fn commit_batch<S: StagingStore, W: Write + Send>(
+async fn save<S: StagingStore, W: Write + Send>(
     engine: &Engine<S, SystemClock>,
     handler: &LineWriter<W>,
     dlq: &DlqFile,
@@ -262,16 +255,53 @@ fn waiting_in_memory<S: 'static>(store: &S) -> Option<u64> {
     (store as &dyn std::any::Any).downcast_ref::<MemoryStore>().map(MemoryStore::waiting_total)
 }
 
+/// An input line as read: kept until its outcome is settled, to offer it again if held.
+struct Source {
+    number: u64,
+    body: Bytes,
+}
+
+/// Extracts each line; rejected lines go to the DLQ. Returns the envelopes and, in the same
+/// order, the lines they came from.
+fn envelopes(
+    extractor: &Extractor,
+    sources: &[Source],
+    dlq: &DlqFile,
+    report: &mut RunReport,
+) -> (Vec<Envelope>, Vec<Source>) {
+    let mut batch = Vec::with_capacity(sources.len());
+    let mut kept = Vec::with_capacity(sources.len());
+    let now = SystemClock.now();
+    for source in sources {
+        let raw = RawMessage {
+            message_id: source.number.to_string(),
+            body: source.body.clone(),
+            received_at: now,
+            ..RawMessage::default()
+        };
+        match extractor.extract(raw) {
+            Ok(env) => {
+                batch.push(env);
+                kept.push(Source { number: source.number, body: source.body.clone() });
+            }
+            Err(rejection) => {
+                report.rejected += 1;
+                dlq.buffer(source.number, rejection.reason, &rejection.detail, &source.body);
+            }
+        }
+    }
+    (batch, kept)
+}
+
 /// Sorts outcomes into "done" and "offer again later"; a failure of the store or the
 /// dead-letter file stops the run (nothing is acknowledged past it).
-fn settle(batch: Vec<Envelope>, outcomes: Vec<Outcome>, held: &mut Vec<Envelope>) -> Result<()> {
-    for (env, outcome) in batch.into_iter().zip(outcomes) {
+fn settle(sources: &[Source], outcomes: Vec<Outcome>, held: &mut Vec<Source>) -> Result<()> {
+    for (source, outcome) in sources.iter().zip(outcomes) {
         match outcome {
-            Outcome::Held(Hold::Capacity) => held.push(env),
-            Outcome::Held(Hold::Busy) => held.push(env),
-            Outcome::Held(Hold::Failed(err)) => {
-                anyhow::bail!("line {} (context {}) could not be processed: {err}", env.message_id, env.context_id)
+            Outcome::Held(Hold::Capacity | Hold::Busy) => {
+                held.push(Source { number: source.number, body: source.body.clone() })
             }
+            Outcome::Held(Hold::Failed(err)) => anyhow::bail!("line {} could not be processed: {err}", source.number),
             _ => {}
         }
     }
@@ -288,29 +318,39 @@ async fn sweep_all<S: StagingStore, H: Handler, D: DeadLetterSink>(engine: &Engi
     }
 }
 
-fn read_lines(mut input: Box<dyn BufRead + Send>, tx: mpsc::SyncSender<Line>) {
+/// Reads lines on its own thread and hands them over in chunks: as many as are already
+/// buffered (up to a batch), so a fast input costs one hand-over per chunk and a slow one
+/// still sees each line at once.
+fn read_lines(input: Box<dyn Read + Send>, tx: mpsc::SyncSender<Vec<Line>>) {
+    let mut input = BufReader::with_capacity(1 << 20, input);
     let mut number = 0u64;
+    let mut chunk = Vec::new();
     loop {
         let mut bytes = Vec::new();
         match input.read_until(b'\n', &mut bytes) {
-            Ok(0) => return,
+            Ok(0) => break,
             Ok(_) => {
                 number += 1;
                 if bytes.last() == Some(&b'\n') {
                     bytes.pop();
                 }
-                if bytes.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                if tx.send(Line::Text { number, bytes }).is_err() {
-                    return;
+                if !bytes.iter().all(u8::is_ascii_whitespace) {
+                    chunk.push(Line::Text { number, bytes });
                 }
             }
             Err(err) => {
-                let _ = tx.send(Line::Error(format!("after line {number}: {err}")));
+                chunk.push(Line::Error(format!("after line {number}: {err}")));
+                break;
+            }
+        }
+        if chunk.len() >= BATCH_LINES || (input.buffer().is_empty() && !chunk.is_empty()) {
+            if tx.send(std::mem::take(&mut chunk)).is_err() {
                 return;
             }
         }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.send(chunk);
     }
 }
 
