@@ -98,7 +98,7 @@ pub fn main(args: DemoArgs) -> Result<ExitCode> {
                 .iter()
                 .map(|m| {
                     sent += 1;
-                    if sent % MESSAGES_PER_MS == 0 {
+                    if sent.is_multiple_of(MESSAGES_PER_MS) {
                         clock.advance(Duration::from_millis(1));
                     }
                     envelope(*m, clock.now())
@@ -154,8 +154,11 @@ fn envelope(m: crate::traffic::Msg, now: Millis) -> Envelope {
 /// The demo's handler: records every release per context and checks each against the last.
 #[derive(Default)]
 struct Verifier {
-    released: Mutex<HashMap<String, Vec<(u64, Option<u64>)>>>,
+    released: Mutex<HashMap<String, Vec<Released>>>,
 }
+
+/// One release as the demo saw it: `(seq, prev_seq)`.
+type Released = (u64, Option<u64>);
 
 impl Handler for Verifier {
     async fn handle(&self, msg: &Release<'_>) -> Result<(), HandlerError> {
@@ -175,7 +178,7 @@ async fn verify<S: StagingStore>(
     verifier: &Verifier,
     dlq: &RecordingDlq,
 ) -> Result<Vec<String>> {
-    let released = verifier.released.lock().unwrap_or_else(|p| p.into_inner());
+    let released = std::mem::take(&mut *verifier.released.lock().unwrap_or_else(|p| p.into_inner()));
     let mut problems = Vec::new();
     for (c, last) in traffic.last_seq.iter().enumerate() {
         let id = context_id(c as u32);

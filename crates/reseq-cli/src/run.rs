@@ -343,10 +343,9 @@ fn read_lines(input: Box<dyn Read + Send>, tx: mpsc::SyncSender<Vec<Line>>) {
                 break;
             }
         }
-        if chunk.len() >= BATCH_LINES || (input.buffer().is_empty() && !chunk.is_empty()) {
-            if tx.send(std::mem::take(&mut chunk)).is_err() {
-                return;
-            }
+        let full_or_idle = chunk.len() >= BATCH_LINES || (input.buffer().is_empty() && !chunk.is_empty());
+        if full_or_idle && tx.send(std::mem::take(&mut chunk)).is_err() {
+            return;
         }
     }
     if !chunk.is_empty() {

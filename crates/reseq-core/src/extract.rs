@@ -109,10 +109,8 @@ impl Extractor {
                 }
             }
         }
-        if self.context_from_group_id {
-            if let Some(group) = &raw.group_id {
-                return checked_context_id(group.clone(), "MessageGroupId");
-            }
+        if let Some(group) = raw.group_id.as_ref().filter(|_| self.context_from_group_id) {
+            return checked_context_id(group.clone(), "MessageGroupId");
         }
         Err(Rejection::new(Reason::MissingContextId, self.looked_for("context id", &self.context_attr, &self.context_path)))
     }

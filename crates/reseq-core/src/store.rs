@@ -31,9 +31,6 @@ impl SeqRange {
     pub fn contains(&self, seq: u64) -> bool {
         self.first <= seq && seq <= self.last
     }
-    pub fn len(&self) -> u64 {
-        self.last - self.first + 1
-    }
 }
 
 /// The handler failed on `seq` and it will be tried again at `not_before`.
@@ -116,11 +113,9 @@ impl ContextState {
 
     /// Records positions `first..=last` as skipped, merging with an adjacent range.
     pub fn record_skip(&mut self, first: u64, last: u64) {
-        if let Some(prev) = self.skipped.last_mut() {
-            if prev.last.checked_add(1) == Some(first) {
-                prev.last = last;
-                return;
-            }
+        if let Some(prev) = self.skipped.last_mut().filter(|prev| prev.last.checked_add(1) == Some(first)) {
+            prev.last = last;
+            return;
         }
         self.skipped.push(SeqRange { first, last });
     }

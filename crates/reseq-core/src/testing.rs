@@ -60,10 +60,8 @@ impl RecordingHandler {
 impl Handler for RecordingHandler {
     async fn handle(&self, msg: &Release<'_>) -> Result<(), HandlerError> {
         let key = (msg.context_id.to_string(), msg.seq);
-        if let Some(errors) = lock(&self.failures).get_mut(&key) {
-            if !errors.is_empty() {
-                return Err(errors.remove(0));
-            }
+        if let Some(errors) = lock(&self.failures).get_mut(&key).filter(|errors| !errors.is_empty()) {
+            return Err(errors.remove(0));
         }
         lock(&self.delivered).push(Delivered {
             context_id: msg.context_id.to_string(),

@@ -70,7 +70,7 @@ impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;
         for (unit, factor) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms != 0 && ms % factor == 0 {
+            if ms != 0 && ms.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", ms / factor);
             }
         }
