@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use reseq_core::{Engine, EngineConfig, Envelope, Handler, HandlerError, MemoryStore, Release, SystemClock};
 use reseq_core::testing::RecordingDlq;
+use reseq_core::{Engine, EngineConfig, Envelope, Handler, HandlerError, MemoryStore, Release, SystemClock};
 use reseq_sqlite::SqliteStore;
 
+use crate::OrderingArgs;
 use crate::run::{DlqFile, RunArgs, execute};
 use crate::traffic::{TrafficSpec, context_id, json_line};
-use crate::OrderingArgs;
 
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -101,23 +101,46 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
     if wanted("run-sqlite") {
         let store = SqliteStore::open(&path)?;
         let started = Instant::now();
-        let run = execute(&run_args, store, Box::new(Cursor::new(input.clone())), std::io::sink(), &DlqFile::sink())?;
+        let run = execute(
+            &run_args,
+            store,
+            Box::new(Cursor::new(input.clone())),
+            std::io::sink(),
+            &DlqFile::sink(),
+        )?;
         report("reseq run, SQLite --state", n, started.elapsed().as_secs_f64());
-        anyhow::ensure!(run.stats.released == expected, "reseq run released {} of {expected}", run.stats.released);
+        anyhow::ensure!(
+            run.stats.released == expected,
+            "reseq run released {} of {expected}",
+            run.stats.released
+        );
     }
     if wanted("run-memory") {
         let started = Instant::now();
-        let run = execute(&run_args, MemoryStore::new(), Box::new(Cursor::new(input)), std::io::sink(), &DlqFile::sink())?;
+        let run = execute(
+            &run_args,
+            MemoryStore::new(),
+            Box::new(Cursor::new(input)),
+            std::io::sink(),
+            &DlqFile::sink(),
+        )?;
         report("reseq run, in memory", n, started.elapsed().as_secs_f64());
-        anyhow::ensure!(run.stats.released == expected, "reseq run released {} of {expected}", run.stats.released);
+        anyhow::ensure!(
+            run.stats.released == expected,
+            "reseq run released {} of {expected}",
+            run.stats.released
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The engine alone: envelopes built beforehand, a handler that only counts.
 fn bench_engine(args: &BenchArgs, traffic: &crate::traffic::Traffic, expected: u64) -> Result<()> {
-    let envelopes: Vec<Envelope> =
-        traffic.stream.iter().map(|m| Envelope::new(context_id(m.context), m.seq, json_line(*m))).collect();
+    let envelopes: Vec<Envelope> = traffic
+        .stream
+        .iter()
+        .map(|m| Envelope::new(context_id(m.context), m.seq, json_line(*m)))
+        .collect();
     let n = envelopes.len();
     let engine = Engine::new(MemoryStore::new(), SystemClock, EngineConfig::default());
     let (count, dlq) = (Count::default(), RecordingDlq::new());

@@ -77,7 +77,10 @@ pub fn main(args: DemoArgs) -> Result<ExitCode> {
     let path = args.state.clone().unwrap_or_else(|| tempdir.path().join("demo.db"));
     let store = SqliteStore::open(&path).with_context(|| format!("cannot open the demo state {}", path.display()))?;
     let clock = Arc::new(ManualClock::new(Millis(1_700_000_000_000)));
-    let config = EngineConfig { gap_timeout: Some(args.gap_timeout), ..EngineConfig::default() };
+    let config = EngineConfig {
+        gap_timeout: Some(args.gap_timeout),
+        ..EngineConfig::default()
+    };
     let engine = Engine::new(store, clock.clone(), config);
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let verifier = Verifier::default();
@@ -105,7 +108,10 @@ pub fn main(args: DemoArgs) -> Result<ExitCode> {
                 })
                 .collect();
             let outcomes = engine.process(batch, &verifier, &dlq).await;
-            anyhow::ensure!(outcomes.iter().all(|o| o.is_settled()), "unsettled outcome: {outcomes:?}");
+            anyhow::ensure!(
+                outcomes.iter().all(|o| o.is_settled()),
+                "unsettled outcome: {outcomes:?}"
+            );
             if round % 10 == 0 {
                 engine.sweep(&verifier, &dlq, 10_000).await?;
                 engine.store().flush().await?;
@@ -132,9 +138,16 @@ pub fn main(args: DemoArgs) -> Result<ExitCode> {
     println!("  released           {:>10}", stats.released);
     println!("  duplicates dropped {:>10}", stats.duplicates);
     println!("  staged (waited)    {:>10}", stats.staged);
-    println!("  gaps skipped       {:>10} ({} positions)", stats.gaps_skipped, stats.positions_skipped);
+    println!(
+        "  gaps skipped       {:>10} ({} positions)",
+        stats.gaps_skipped, stats.positions_skipped
+    );
     println!("  late, to the DLQ   {:>10}", stats.late);
-    println!("  throughput         {:>10.0} messages/s (SQLite state: {})", total as f64 / elapsed, path.display());
+    println!(
+        "  throughput         {:>10.0} messages/s (SQLite state: {})",
+        total as f64 / elapsed,
+        path.display()
+    );
     if problems.is_empty() {
         println!("  order verified: every context complete, in order, each position once");
         Ok(ExitCode::SUCCESS)
@@ -148,7 +161,10 @@ pub fn main(args: DemoArgs) -> Result<ExitCode> {
 }
 
 fn envelope(m: crate::traffic::Msg, now: Millis) -> Envelope {
-    Envelope { received_at: now, ..Envelope::new(context_id(m.context), m.seq, json_line(m)) }
+    Envelope {
+        received_at: now,
+        ..Envelope::new(context_id(m.context), m.seq, json_line(m))
+    }
 }
 
 /// The demo's handler: records every release per context and checks each against the last.
@@ -163,7 +179,10 @@ type Released = (u64, Option<u64>);
 impl Handler for Verifier {
     async fn handle(&self, msg: &Release<'_>) -> Result<(), HandlerError> {
         let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
-        released.entry(msg.context_id.to_string()).or_default().push((msg.seq, msg.prev_seq));
+        released
+            .entry(msg.context_id.to_string())
+            .or_default()
+            .push((msg.seq, msg.prev_seq));
         Ok(())
     }
 }
@@ -182,7 +201,11 @@ async fn verify<S: StagingStore>(
     let mut problems = Vec::new();
     for (c, last) in traffic.last_seq.iter().enumerate() {
         let id = context_id(c as u32);
-        let state = engine.store().load(&id).await?.with_context(|| format!("no state for {id}"))?;
+        let state = engine
+            .store()
+            .load(&id)
+            .await?
+            .with_context(|| format!("no state for {id}"))?;
         let got = released.get(&id).cloned().unwrap_or_default();
         let mut prev = None;
         for &(seq, prev_seq) in &got {
@@ -194,7 +217,10 @@ async fn verify<S: StagingStore>(
         for seq in 1..=*last {
             let was_released = got.iter().any(|(s, _)| *s == seq);
             if was_released == state.is_skipped(seq) {
-                problems.push(format!("{id}: position {seq} released={was_released} skipped={}", state.is_skipped(seq)));
+                problems.push(format!(
+                    "{id}: position {seq} released={was_released} skipped={}",
+                    state.is_skipped(seq)
+                ));
             }
         }
         for seq in &traffic.absent[c] {
@@ -203,13 +229,20 @@ async fn verify<S: StagingStore>(
             }
         }
     }
-    let late: HashSet<(String, u64)> =
-        dlq.letters().into_iter().filter(|l| l.reason == Reason::Late).map(|l| (l.context_id, l.seq)).collect();
+    let late: HashSet<(String, u64)> = dlq
+        .letters()
+        .into_iter()
+        .filter(|l| l.reason == Reason::Late)
+        .map(|l| (l.context_id, l.seq))
+        .collect();
     for m in traffic.stream.iter().chain(&traffic.stragglers) {
         let id = context_id(m.context);
         let was_released = released.get(&id).is_some_and(|r| r.iter().any(|(s, _)| *s == m.seq));
         if !was_released && !late.contains(&(id.clone(), m.seq)) {
-            problems.push(format!("{id}: position {} was sent but neither released nor dead-lettered", m.seq));
+            problems.push(format!(
+                "{id}: position {} was sent but neither released nor dead-lettered",
+                m.seq
+            ));
         }
     }
     Ok(problems)

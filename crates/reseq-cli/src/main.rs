@@ -16,7 +16,11 @@ use clap::{Args, Parser, Subcommand};
 use reseq_core::{Duration, EngineConfig, LatePolicy};
 
 #[derive(Parser)]
-#[command(name = "reseq", version, about = "Per-key resequencing: out-of-order messages in, ordered messages out.")]
+#[command(
+    name = "reseq",
+    version,
+    about = "Per-key resequencing: out-of-order messages in, ordered messages out."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,7 +100,10 @@ fn usage_error(err: clap::Error) -> ExitCode {
         return ExitCode::from(2);
     }
     let rendered = err.render().to_string();
-    let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    let first = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments");
     let line = first.trim_start_matches("error: ");
     eprintln!("reseq: {line} (see reseq --help)");
     ExitCode::from(2)

@@ -34,7 +34,12 @@ pub struct RunArgs {
     #[arg(long, env = "RESEQ_DLQ", value_name = "FILE")]
     pub dlq: Option<PathBuf>,
     /// JSON Pointer to the context id in each line.
-    #[arg(long, env = "RESEQ_CONTEXT_PATH", default_value = "/contextId", value_name = "POINTER")]
+    #[arg(
+        long,
+        env = "RESEQ_CONTEXT_PATH",
+        default_value = "/contextId",
+        value_name = "POINTER"
+    )]
     pub context_path: String,
     /// JSON Pointer to the position in each line (a number or a string of digits).
     #[arg(long, env = "RESEQ_SEQ_PATH", default_value = "/sequence", value_name = "POINTER")]
@@ -72,8 +77,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
     let stdout = io::stdout();
     let report = match &args.state {
         Some(path) => {
-            let store = SqliteStore::open(path)
-                .with_context(|| format!("cannot open --state {}", path.display()))?;
+            let store = SqliteStore::open(path).with_context(|| format!("cannot open --state {}", path.display()))?;
             execute(&args, store, input, stdout, &dlq)?
         }
         None => execute(&args, MemoryStore::new(), input, stdout, &dlq)?,
@@ -115,9 +119,9 @@ impl RunReport {
             s.positions_skipped
         );
         match (durable, self.waiting_in_memory) {
-            (false, Some(n)) if n > 0 => {
-                line.push_str(&format!("; {n} messages still wait and are not kept (use --state FILE to keep them)"))
-            }
+            (false, Some(n)) if n > 0 => line.push_str(&format!(
+                "; {n} messages still wait and are not kept (use --state FILE to keep them)"
+            )),
             _ => {}
         }
         line
@@ -145,8 +149,13 @@ pub fn execute<S: StagingStore + 'static>(
         ..Extractor::for_json_lines(&args.context_path, &args.seq_path)
     };
     let engine = Engine::new(store, SystemClock, args.ordering.engine_config());
-    let handler = LineWriter { out: Mutex::new(BufWriter::with_capacity(1 << 20, output)), error: Mutex::new(None) };
-    let runtime = tokio::runtime::Builder::new_current_thread().build().context("cannot start the async runtime")?;
+    let handler = LineWriter {
+        out: Mutex::new(BufWriter::with_capacity(1 << 20, output)),
+        error: Mutex::new(None),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("cannot start the async runtime")?;
 
     let (lines_tx, lines_rx) = mpsc::sync_channel::<Vec<Line>>(16);
     let reader = std::thread::spawn(move || read_lines(input, lines_tx));
@@ -179,7 +188,10 @@ pub fn execute<S: StagingStore + 'static>(
                     }
                     Line::Text { number, bytes } => {
                         report.lines += 1;
-                        sources.push(Source { number, body: Bytes::from(bytes) });
+                        sources.push(Source {
+                            number,
+                            body: Bytes::from(bytes),
+                        });
                     }
                 }
             }
@@ -252,7 +264,9 @@ async fn save<S: StagingStore, W: Write + Send>(
 }
 
 fn waiting_in_memory<S: 'static>(store: &S) -> Option<u64> {
-    (store as &dyn std::any::Any).downcast_ref::<MemoryStore>().map(MemoryStore::waiting_total)
+    (store as &dyn std::any::Any)
+        .downcast_ref::<MemoryStore>()
+        .map(MemoryStore::waiting_total)
 }
 
 /// An input line as read: kept until its outcome is settled, to offer it again if held.
@@ -282,7 +296,10 @@ fn envelopes(
         match extractor.extract(raw) {
             Ok(env) => {
                 batch.push(env);
-                kept.push(Source { number: source.number, body: source.body.clone() });
+                kept.push(Source {
+                    number: source.number,
+                    body: source.body.clone(),
+                });
             }
             Err(rejection) => {
                 report.rejected += 1;
@@ -298,9 +315,10 @@ fn envelopes(
 fn settle(sources: &[Source], outcomes: Vec<Outcome>, held: &mut Vec<Source>) -> Result<()> {
     for (source, outcome) in sources.iter().zip(outcomes) {
         match outcome {
-            Outcome::Held(Hold::Capacity | Hold::Busy) => {
-                held.push(Source { number: source.number, body: source.body.clone() })
-            }
+            Outcome::Held(Hold::Capacity | Hold::Busy) => held.push(Source {
+                number: source.number,
+                body: source.body.clone(),
+            }),
             Outcome::Held(Hold::Failed(err)) => anyhow::bail!("line {} could not be processed: {err}", source.number),
             _ => {}
         }
@@ -308,12 +326,19 @@ fn settle(sources: &[Source], outcomes: Vec<Outcome>, held: &mut Vec<Source>) ->
     Ok(())
 }
 
-async fn sweep_all<S: StagingStore, H: Handler, D: DeadLetterSink>(engine: &Engine<S, SystemClock>, handler: &H, dlq: &D) -> Result<()> {
+async fn sweep_all<S: StagingStore, H: Handler, D: DeadLetterSink>(
+    engine: &Engine<S, SystemClock>,
+    handler: &H,
+    dlq: &D,
+) -> Result<()> {
     const LIMIT: usize = 1000;
     // A context can stay due (a retry not yet due while its oldest message is past the gap
     // cutoff): bound the rounds, the next sweep comes a second later anyway.
     for _ in 0..100 {
-        let swept = engine.sweep(handler, dlq, LIMIT).await.context("cannot sweep the state for timers")?;
+        let swept = engine
+            .sweep(handler, dlq, LIMIT)
+            .await
+            .context("cannot sweep the state for timers")?;
         if swept < LIMIT {
             break;
         }
@@ -406,11 +431,17 @@ impl DlqFile {
             )),
             None => Box::new(io::stderr()),
         };
-        Ok(DlqFile { out: Mutex::new(out), pending: Mutex::new(Vec::new()) })
+        Ok(DlqFile {
+            out: Mutex::new(out),
+            pending: Mutex::new(Vec::new()),
+        })
     }
 
     pub fn sink() -> DlqFile {
-        DlqFile { out: Mutex::new(Box::new(io::sink())), pending: Mutex::new(Vec::new()) }
+        DlqFile {
+            out: Mutex::new(Box::new(io::sink())),
+            pending: Mutex::new(Vec::new()),
+        }
     }
 
     fn buffer(&self, line: u64, reason: Reason, detail: &str, input: &[u8]) {
@@ -420,7 +451,10 @@ impl DlqFile {
             "line": line,
             "input": String::from_utf8_lossy(input),
         });
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push((line, record.to_string()));
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((line, record.to_string()));
     }
 
     /// Writes what was buffered, in input order, and makes it durable.
@@ -437,7 +471,12 @@ impl DlqFile {
 
 impl DeadLetterSink for DlqFile {
     async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<(), SinkError> {
-        self.buffer(line_number(letter.message_id), letter.reason, letter.detail, letter.body);
+        self.buffer(
+            line_number(letter.message_id),
+            letter.reason,
+            letter.detail,
+            letter.body,
+        );
         Ok(())
     }
 }

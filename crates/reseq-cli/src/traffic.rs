@@ -42,7 +42,13 @@ pub fn context_id(context: u32) -> String {
 }
 
 pub fn json_line(m: Msg) -> String {
-    format!(r#"{{"contextId":"{}","sequence":{},"payload":"message {} of {}"}}"#, context_id(m.context), m.seq, m.seq, context_id(m.context))
+    format!(
+        r#"{{"contextId":"{}","sequence":{},"payload":"message {} of {}"}}"#,
+        context_id(m.context),
+        m.seq,
+        m.seq,
+        context_id(m.context)
+    )
 }
 
 impl TrafficSpec {
@@ -74,8 +80,11 @@ impl TrafficSpec {
         }
         // A random interleaving of the contexts: shuffle the multiset of context slots,
         // then give each slot its context's next position.
-        let mut slots: Vec<u32> =
-            orders.iter().enumerate().flat_map(|(c, o)| std::iter::repeat_n(c as u32, o.len())).collect();
+        let mut slots: Vec<u32> = orders
+            .iter()
+            .enumerate()
+            .flat_map(|(c, o)| std::iter::repeat_n(c as u32, o.len()))
+            .collect();
         slots.shuffle(&mut rng);
         let mut stream = Vec::with_capacity(slots.len() + (slots.len() as f64 * self.duplicates) as usize + 1);
         let mut copies: Vec<(usize, Msg)> = Vec::new();
@@ -98,7 +107,12 @@ impl TrafficSpec {
         }
         with_copies.extend(copies.map(|(_, m)| m));
         stragglers.shuffle(&mut rng);
-        Traffic { stream: with_copies, stragglers, last_seq: vec![per_context; contexts], absent }
+        Traffic {
+            stream: with_copies,
+            stragglers,
+            last_seq: vec![per_context; contexts],
+            absent,
+        }
     }
 }
 
@@ -108,7 +122,15 @@ mod tests {
 
     #[test]
     fn every_present_position_is_sent_and_nothing_else() {
-        let spec = TrafficSpec { contexts: 7, messages: 700, window: 8, duplicates: 0.1, missing: 0.05, late: 0.5, seed: 3 };
+        let spec = TrafficSpec {
+            contexts: 7,
+            messages: 700,
+            window: 8,
+            duplicates: 0.1,
+            missing: 0.05,
+            late: 0.5,
+            seed: 3,
+        };
         let t = spec.generate();
         for c in 0..7u32 {
             let mut sent: Vec<u64> = t.stream.iter().filter(|m| m.context == c).map(|m| m.seq).collect();
@@ -117,13 +139,28 @@ mod tests {
             let expected: Vec<u64> = (1..=100).filter(|s| !t.absent[c as usize].contains(s)).collect();
             assert_eq!(sent, expected);
         }
-        assert!(t.stream.len() > 700 - t.absent.iter().map(Vec::len).sum::<usize>(), "some duplicates");
-        assert!(t.stragglers.iter().all(|m| t.absent[m.context as usize].contains(&m.seq)));
+        assert!(
+            t.stream.len() > 700 - t.absent.iter().map(Vec::len).sum::<usize>(),
+            "some duplicates"
+        );
+        assert!(
+            t.stragglers
+                .iter()
+                .all(|m| t.absent[m.context as usize].contains(&m.seq))
+        );
     }
 
     #[test]
     fn the_same_seed_gives_the_same_traffic() {
-        let spec = TrafficSpec { contexts: 5, messages: 100, window: 4, duplicates: 0.2, missing: 0.1, late: 1.0, seed: 9 };
+        let spec = TrafficSpec {
+            contexts: 5,
+            messages: 100,
+            window: 4,
+            duplicates: 0.2,
+            missing: 0.1,
+            late: 1.0,
+            seed: 9,
+        };
         assert_eq!(spec.generate().stream, spec.generate().stream);
     }
 }

@@ -267,7 +267,11 @@ struct StoreView {
 
 impl StoreView {
     fn empty() -> StoreView {
-        StoreView { items: SeqMap::new(), from: 1, last: 0 }
+        StoreView {
+            items: SeqMap::new(),
+            from: 1,
+            last: 0,
+        }
     }
 
     fn covers(&self, seq: u64) -> bool {
@@ -300,7 +304,12 @@ enum Step {
 
 impl<S: StagingStore, C: Clock> Engine<S, C> {
     pub fn new(store: S, clock: C, config: EngineConfig) -> Engine<S, C> {
-        Engine { store, clock, config, counters: Counters::default() }
+        Engine {
+            store,
+            clock,
+            config,
+            counters: Counters::default(),
+        }
     }
 
     pub fn store(&self) -> &S {
@@ -476,7 +485,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             self.ensure_view(work, seq).await?;
             if let Some(first) = work.view.items.get(seq).map(|m| m.body_hash) {
                 outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
-            } else if let Step::Stall = self.release(work, msg, Source::Batch(index), now, handler, dlq, outcomes).await
+            } else if let Step::Stall = self
+                .release(work, msg, Source::Batch(index), now, handler, dlq, outcomes)
+                .await
             {
                 return Ok(());
             }
@@ -509,7 +520,13 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
 
     /// A second copy of a waiting position: a duplicate if the body is the same, else a
     /// conflict (the first copy wins).
-    async fn second_copy<D: DeadLetterSink>(&self, work: &Work, first_hash: u64, msg: &StagedMessage, dlq: &D) -> Outcome {
+    async fn second_copy<D: DeadLetterSink>(
+        &self,
+        work: &Work,
+        first_hash: u64,
+        msg: &StagedMessage,
+        dlq: &D,
+    ) -> Outcome {
         if first_hash == msg.body_hash {
             bump(&self.counters.duplicates);
             return Outcome::Duplicate;
@@ -528,7 +545,10 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         match self.config.late {
             LatePolicy::Drop => Outcome::Dropped,
             LatePolicy::DeadLetter => {
-                let detail = format!("context {} position {} was skipped after the gap timeout", work.context_id, msg.seq);
+                let detail = format!(
+                    "context {} position {} was skipped after the gap timeout",
+                    work.context_id, msg.seq
+                );
                 self.dead_letter(work, &msg, Reason::Late, &detail, dlq).await
             }
             LatePolicy::Deliver => {
@@ -629,7 +649,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         let next = work.state.next;
         let lowest_stored = self.first_stored_at_or_after(work, next).await?;
         let lowest_pending = work.pending.first_at_or_after(0);
-        let Some(lowest) = [lowest_stored, lowest_pending].into_iter().flatten().min() else { return Ok(false) };
+        let Some(lowest) = [lowest_stored, lowest_pending].into_iter().flatten().min() else {
+            return Ok(false);
+        };
         if lowest <= next {
             return Ok(false);
         }
@@ -643,7 +665,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
 
     /// Whether the oldest message waiting in this context has waited `gap_timeout`.
     async fn gap_expired(&self, work: &mut Work, now: Millis) -> Result<bool, StoreError> {
-        let Some(timeout) = self.config.gap_timeout else { return Ok(false) };
+        let Some(timeout) = self.config.gap_timeout else {
+            return Ok(false);
+        };
         let stored = self.store_waiting(work).await?.oldest_received_at;
         let pending = work.pending.values().map(|p| p.msg.received_at).min();
         let oldest = [stored, pending].into_iter().flatten().min();
@@ -662,7 +686,12 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         dlq: &D,
         outcomes: &mut [Outcome],
     ) -> Step {
-        let failures = work.state.retry.as_ref().filter(|r| r.seq == msg.seq).map_or(0, |r| r.attempts);
+        let failures = work
+            .state
+            .retry
+            .as_ref()
+            .filter(|r| r.seq == msg.seq)
+            .map_or(0, |r| r.attempts);
         let release = Release {
             context_id: &work.context_id,
             seq: msg.seq,
@@ -716,7 +745,12 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         }
         bump(&self.counters.blocked);
         work.state.retry = None;
-        work.state.blocked = Some(Blocked { seq: msg.seq, attempts, error, since: now });
+        work.state.blocked = Some(Blocked {
+            seq: msg.seq,
+            attempts,
+            error,
+            since: now,
+        });
         work.dirty = true;
         self.keep_waiting(work, msg, source, outcomes);
         Step::Stall
@@ -785,12 +819,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     /// Dead-letters waiting messages older than the retention (SPEC §2: waiting messages
     /// are never deleted by expiry), then forgets a context with nothing left waiting
     /// whose state is older than the retention.
-    async fn expire<D: DeadLetterSink>(
-        &self,
-        work: &mut Work,
-        now: Millis,
-        dlq: &D,
-    ) -> Result<(), StoreError> {
+    async fn expire<D: DeadLetterSink>(&self, work: &mut Work, now: Millis, dlq: &D) -> Result<(), StoreError> {
         // Measured as an age, not against `now - retention`, which saturates at the epoch.
         let retention = self.config.retention;
         let mut from = work.state.next;
@@ -802,8 +831,11 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 from = msg.seq.saturating_add(1);
                 if now.since(msg.received_at) < retention {
                     remaining.count += 1;
-                    remaining.oldest_received_at =
-                        Some(remaining.oldest_received_at.map_or(msg.received_at, |t| t.min(msg.received_at)));
+                    remaining.oldest_received_at = Some(
+                        remaining
+                            .oldest_received_at
+                            .map_or(msg.received_at, |t| t.min(msg.received_at)),
+                    );
                     continue;
                 }
                 let detail = format!(
@@ -811,7 +843,11 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                     work.context_id, msg.seq, self.config.retention
                 );
                 bump(&self.counters.expired);
-                if !self.dead_letter(work, msg, Reason::Expired, &detail, dlq).await.is_settled() {
+                if !self
+                    .dead_letter(work, msg, Reason::Expired, &detail, dlq)
+                    .await
+                    .is_settled()
+                {
                     return Err(StoreError::Unavailable(format!(
                         "could not dead-letter expired message {} of context {}",
                         msg.seq, work.context_id
@@ -887,7 +923,10 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             }
         }
         if let Some(err) = work.failed {
-            for &i in &work.released {
+            // Nothing of this context was written: neither what it released nor what was
+            // still waiting in `pending` may be acknowledged.
+            let unwritten = work.pending.values().map(|p| p.index);
+            for i in work.released.iter().copied().chain(unwritten) {
                 outcomes[i] = Outcome::Held(Hold::Failed(err.clone()));
             }
         }

@@ -20,10 +20,18 @@ pub struct AttributeValue {
 
 impl AttributeValue {
     pub fn string(s: impl Into<String>) -> AttributeValue {
-        AttributeValue { data_type: "String".into(), string: Some(s.into()), binary: None }
+        AttributeValue {
+            data_type: "String".into(),
+            string: Some(s.into()),
+            binary: None,
+        }
     }
     pub fn number(n: impl ToString) -> AttributeValue {
-        AttributeValue { data_type: "Number".into(), string: Some(n.to_string()), binary: None }
+        AttributeValue {
+            data_type: "Number".into(),
+            string: Some(n.to_string()),
+            binary: None,
+        }
     }
 }
 

@@ -19,7 +19,10 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Rejection {
-        Rejection { reason, detail: detail.into() }
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -91,7 +94,10 @@ impl Extractor {
             let text = attr_text(attr).ok_or_else(|| {
                 Rejection::new(
                     Reason::InvalidContextId,
-                    format!("attribute {} is binary; send the context id as a String", self.context_attr),
+                    format!(
+                        "attribute {} is binary; send the context id as a String",
+                        self.context_attr
+                    ),
                 )
             })?;
             return checked_context_id(text.to_string(), &self.context_attr);
@@ -112,13 +118,19 @@ impl Extractor {
         if let Some(group) = raw.group_id.as_ref().filter(|_| self.context_from_group_id) {
             return checked_context_id(group.clone(), "MessageGroupId");
         }
-        Err(Rejection::new(Reason::MissingContextId, self.looked_for("context id", &self.context_attr, &self.context_path)))
+        Err(Rejection::new(
+            Reason::MissingContextId,
+            self.looked_for("context id", &self.context_attr, &self.context_path),
+        ))
     }
 
     fn seq(&self, raw: &RawMessage, json: &LazyJson) -> Result<u64, Rejection> {
         if let Some(attr) = raw.attributes.get(&self.seq_attr) {
             let text = attr_text(attr).ok_or_else(|| {
-                Rejection::new(Reason::InvalidSequence, format!("attribute {} is binary", self.seq_attr))
+                Rejection::new(
+                    Reason::InvalidSequence,
+                    format!("attribute {} is binary", self.seq_attr),
+                )
             })?;
             return parse_seq(text, &self.seq_attr);
         }
@@ -127,19 +139,28 @@ impl Extractor {
                 None | Some(serde_json::Value::Null) => {}
                 Some(serde_json::Value::Number(n)) => {
                     return n.as_u64().ok_or_else(|| {
-                        Rejection::new(Reason::InvalidSequence, format!("{path} is {n}; expected a whole number from 0 to 2^64-1"))
+                        Rejection::new(
+                            Reason::InvalidSequence,
+                            format!("{path} is {n}; expected a whole number from 0 to 2^64-1"),
+                        )
                     });
                 }
                 Some(serde_json::Value::String(s)) => return parse_seq(s, path),
                 Some(other) => {
                     return Err(Rejection::new(
                         Reason::InvalidSequence,
-                        format!("{path} is {}; expected a number or a string of digits", json_kind(other)),
+                        format!(
+                            "{path} is {}; expected a number or a string of digits",
+                            json_kind(other)
+                        ),
                     ));
                 }
             }
         }
-        Err(Rejection::new(Reason::MissingSequence, self.looked_for("sequence", &self.seq_attr, &self.seq_path)))
+        Err(Rejection::new(
+            Reason::MissingSequence,
+            self.looked_for("sequence", &self.seq_attr, &self.seq_path),
+        ))
     }
 
     fn is_final(&self, raw: &RawMessage, json: &LazyJson) -> bool {
@@ -188,7 +209,10 @@ fn parse_seq(text: &str, source: &str) -> Result<u64, Rejection> {
     let parsed = if digits_only { text.parse::<u64>().ok() } else { None };
     parsed.ok_or_else(|| {
         let shown: String = text.chars().take(40).collect();
-        Rejection::new(Reason::InvalidSequence, format!("{source} is {shown:?}; expected a whole number from 0 to 2^64-1"))
+        Rejection::new(
+            Reason::InvalidSequence,
+            format!("{source} is {shown:?}; expected a whole number from 0 to 2^64-1"),
+        )
     })
 }
 
@@ -211,11 +235,16 @@ struct LazyJson<'a> {
 
 impl<'a> LazyJson<'a> {
     fn new(body: &'a [u8]) -> Self {
-        LazyJson { body, parsed: std::cell::OnceCell::new() }
+        LazyJson {
+            body,
+            parsed: std::cell::OnceCell::new(),
+        }
     }
 
     fn pointer(&self, path: &str) -> Result<Option<&serde_json::Value>, Rejection> {
-        let parsed = self.parsed.get_or_init(|| serde_json::from_slice(self.body).map_err(|e| e.to_string()));
+        let parsed = self
+            .parsed
+            .get_or_init(|| serde_json::from_slice(self.body).map_err(|e| e.to_string()));
         match parsed {
             Ok(value) => Ok(value.pointer(path)),
             Err(e) => Err(Rejection::new(Reason::InvalidJson, format!("body is not JSON: {e}"))),
@@ -229,7 +258,10 @@ mod tests {
     use bytes::Bytes;
 
     fn line(body: &str) -> RawMessage {
-        RawMessage { body: Bytes::copy_from_slice(body.as_bytes()), ..RawMessage::default() }
+        RawMessage {
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            ..RawMessage::default()
+        }
     }
 
     fn json_lines() -> Extractor {
@@ -244,7 +276,9 @@ mod tests {
     fn reads_context_and_sequence_from_json() {
         let env = json_lines().extract(line(r#"{"contextId":"a","sequence":7}"#)).unwrap();
         assert_eq!((env.context_id.as_str(), env.seq), ("a", 7));
-        let env = json_lines().extract(line(r#"{"contextId":42,"sequence":"8"}"#)).unwrap();
+        let env = json_lines()
+            .extract(line(r#"{"contextId":42,"sequence":"8"}"#))
+            .unwrap();
         assert_eq!((env.context_id.as_str(), env.seq), ("42", 8));
     }
 
@@ -253,10 +287,25 @@ mod tests {
         let ex = json_lines();
         assert_eq!(reason(&ex, line("not json")), Reason::InvalidJson);
         assert_eq!(reason(&ex, line(r#"{"sequence":1}"#)), Reason::MissingContextId);
-        assert_eq!(reason(&ex, line(r#"{"contextId":"","sequence":1}"#)), Reason::MissingContextId);
-        assert_eq!(reason(&ex, line(r#"{"contextId":{},"sequence":1}"#)), Reason::InvalidContextId);
+        assert_eq!(
+            reason(&ex, line(r#"{"contextId":"","sequence":1}"#)),
+            Reason::MissingContextId
+        );
+        assert_eq!(
+            reason(&ex, line(r#"{"contextId":{},"sequence":1}"#)),
+            Reason::InvalidContextId
+        );
         assert_eq!(reason(&ex, line(r#"{"contextId":"a"}"#)), Reason::MissingSequence);
-        for bad in [r#""abc""#, "-1", "1.5", r#""""#, r#"" 1""#, r#""+1""#, "18446744073709551616", "true"] {
+        for bad in [
+            r#""abc""#,
+            "-1",
+            "1.5",
+            r#""""#,
+            r#"" 1""#,
+            r#""+1""#,
+            "18446744073709551616",
+            "true",
+        ] {
             let body = format!(r#"{{"contextId":"a","sequence":{bad}}}"#);
             assert_eq!(reason(&ex, line(&body)), Reason::InvalidSequence, "{bad}");
         }
@@ -266,9 +315,13 @@ mod tests {
 
     #[test]
     fn attributes_win_over_the_body_and_group_id_comes_last() {
-        let ex = Extractor { context_from_group_id: true, ..json_lines() };
+        let ex = Extractor {
+            context_from_group_id: true,
+            ..json_lines()
+        };
         let mut raw = line(r#"{"contextId":"body","sequence":1}"#);
-        raw.attributes.insert("contextId".into(), AttributeValue::string("attr"));
+        raw.attributes
+            .insert("contextId".into(), AttributeValue::string("attr"));
         raw.attributes.insert("sequence".into(), AttributeValue::number(9));
         raw.group_id = Some("group".into());
         let env = ex.extract(raw).unwrap();
@@ -291,14 +344,28 @@ mod tests {
 
     #[test]
     fn too_large_bodies_are_rejected_before_parsing() {
-        let ex = Extractor { max_body_bytes: 10, ..json_lines() };
+        let ex = Extractor {
+            max_body_bytes: 10,
+            ..json_lines()
+        };
         assert_eq!(reason(&ex, line(r#"{"contextId":"a","sequence":1}"#)), Reason::TooLarge);
     }
 
     #[test]
     fn final_path_marks_the_end() {
-        let ex = Extractor { final_path: Some("/final".into()), ..json_lines() };
-        assert!(ex.extract(line(r#"{"contextId":"a","sequence":1,"final":true}"#)).unwrap().is_final);
-        assert!(!ex.extract(line(r#"{"contextId":"a","sequence":1,"final":"no"}"#)).unwrap().is_final);
+        let ex = Extractor {
+            final_path: Some("/final".into()),
+            ..json_lines()
+        };
+        assert!(
+            ex.extract(line(r#"{"contextId":"a","sequence":1,"final":true}"#))
+                .unwrap()
+                .is_final
+        );
+        assert!(
+            !ex.extract(line(r#"{"contextId":"a","sequence":1,"final":"no"}"#))
+                .unwrap()
+                .is_final
+        );
     }
 }

@@ -82,27 +82,48 @@ impl StagingStore for MemoryStore {
         }))
     }
 
-    async fn staged(&self, context_id: &str, from: u64, to: u64, limit: usize) -> Result<Vec<StagedMessage>, StoreError> {
+    async fn staged(
+        &self,
+        context_id: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<StagedMessage>, StoreError> {
         Ok(self.with(|m| {
             m.get(context_id)
-                .map(|e| e.staged.range(from..=to.max(from)).filter(|(seq, _)| **seq <= to).take(limit).map(|(_, msg)| msg.clone()).collect())
+                .map(|e| {
+                    e.staged
+                        .range(from..=to.max(from))
+                        .filter(|(seq, _)| **seq <= to)
+                        .take(limit)
+                        .map(|(_, msg)| msg.clone())
+                        .collect()
+                })
                 .unwrap_or_default()
         }))
     }
 
     async fn waiting(&self, context_id: &str, from: u64) -> Result<Waiting, StoreError> {
         Ok(self.with(|m| {
-            let Some(entry) = m.get(context_id) else { return Waiting::default() };
-            entry.staged.range(from..).fold(Waiting::default(), |w, (_, msg)| Waiting {
-                count: w.count + 1,
-                oldest_received_at: Some(w.oldest_received_at.map_or(msg.received_at, |t| t.min(msg.received_at))),
-            })
+            let Some(entry) = m.get(context_id) else {
+                return Waiting::default();
+            };
+            entry
+                .staged
+                .range(from..)
+                .fold(Waiting::default(), |w, (_, msg)| Waiting {
+                    count: w.count + 1,
+                    oldest_received_at: Some(w.oldest_received_at.map_or(msg.received_at, |t| t.min(msg.received_at))),
+                })
         }))
     }
 
     async fn commit(&self, context_id: &str, commit: &Commit) -> Result<CommitOutcome, StoreError> {
         Ok(self.with(|m| {
-            let current = m.get(context_id).and_then(|e| e.state.as_ref()).map_or(0, |s| s.version);
+            let current = m
+                .get(context_id)
+                .and_then(|e| e.state.as_ref())
+                .map_or(0, |s| s.version);
             if current != commit.expected_version {
                 return CommitOutcome::VersionMismatch;
             }
@@ -129,7 +150,11 @@ impl StagingStore for MemoryStore {
 
     async fn due(&self, query: &DueQuery) -> Result<Vec<String>, StoreError> {
         Ok(self.with(|m| {
-            let mut due: Vec<String> = m.iter().filter(|(_, e)| e.is_due(query)).map(|(id, _)| id.clone()).collect();
+            let mut due: Vec<String> = m
+                .iter()
+                .filter(|(_, e)| e.is_due(query))
+                .map(|(id, _)| id.clone())
+                .collect();
             due.sort();
             due.truncate(query.limit);
             due

@@ -58,7 +58,12 @@ mod tests {
 
     #[test]
     fn serde_names_are_the_spec_names() {
-        for r in [Reason::InvalidJson, Reason::MissingContextId, Reason::HandlerFailed, Reason::TooLarge] {
+        for r in [
+            Reason::InvalidJson,
+            Reason::MissingContextId,
+            Reason::HandlerFailed,
+            Reason::TooLarge,
+        ] {
             assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{}\"", r.as_str()));
         }
     }

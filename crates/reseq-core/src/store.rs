@@ -113,7 +113,11 @@ impl ContextState {
 
     /// Records positions `first..=last` as skipped, merging with an adjacent range.
     pub fn record_skip(&mut self, first: u64, last: u64) {
-        if let Some(prev) = self.skipped.last_mut().filter(|prev| prev.last.checked_add(1) == Some(first)) {
+        if let Some(prev) = self
+            .skipped
+            .last_mut()
+            .filter(|prev| prev.last.checked_add(1) == Some(first))
+        {
             prev.last = last;
             return;
         }
@@ -215,18 +219,32 @@ pub trait StagingStore: Send + Sync {
     fn load(&self, context_id: &str) -> impl Future<Output = Result<Option<ContextState>, StoreError>> + Send;
 
     /// Conditional put of a waiting message.
-    fn stage(&self, context_id: &str, msg: &StagedMessage) -> impl Future<Output = Result<StageOutcome, StoreError>> + Send;
+    fn stage(
+        &self,
+        context_id: &str,
+        msg: &StagedMessage,
+    ) -> impl Future<Output = Result<StageOutcome, StoreError>> + Send;
 
     /// Up to `limit` staged messages with `from <= seq <= to`, in ascending order. Callers
     /// pass `from >= state.next`; positions below the committed cursor may or may not appear.
     /// The upper bound lets a store read only the window a release can use.
-    fn staged(&self, context_id: &str, from: u64, to: u64, limit: usize) -> impl Future<Output = Result<Vec<StagedMessage>, StoreError>> + Send;
+    fn staged(
+        &self,
+        context_id: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StagedMessage>, StoreError>> + Send;
 
     /// Count and age of the staged messages with `seq >= from`.
     fn waiting(&self, context_id: &str, from: u64) -> impl Future<Output = Result<Waiting, StoreError>> + Send;
 
     /// Conditional write of the state (see [`Commit`]).
-    fn commit(&self, context_id: &str, commit: &Commit) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
+    fn commit(
+        &self,
+        context_id: &str,
+        commit: &Commit,
+    ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
 
     /// Contexts that need a sweep (see [`DueQuery`]), without scanning every context.
     fn due(&self, query: &DueQuery) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;

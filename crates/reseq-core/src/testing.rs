@@ -53,7 +53,11 @@ impl RecordingHandler {
 
     /// The positions delivered for one context, in delivery order.
     pub fn seqs(&self, context_id: &str) -> Vec<u64> {
-        lock(&self.delivered).iter().filter(|d| d.context_id == context_id).map(|d| d.seq).collect()
+        lock(&self.delivered)
+            .iter()
+            .filter(|d| d.context_id == context_id)
+            .map(|d| d.seq)
+            .collect()
     }
 }
 
@@ -139,7 +143,15 @@ pub enum Op {
     Flush,
 }
 
-const OPS: [Op; 7] = [Op::Load, Op::Stage, Op::Staged, Op::Waiting, Op::Commit, Op::Due, Op::Flush];
+const OPS: [Op; 7] = [
+    Op::Load,
+    Op::Stage,
+    Op::Staged,
+    Op::Waiting,
+    Op::Commit,
+    Op::Due,
+    Op::Flush,
+];
 
 /// Wraps a store: counts each operation and fails the ones switched to failing.
 pub struct CountingStore<S> {
@@ -150,7 +162,11 @@ pub struct CountingStore<S> {
 
 impl<S> CountingStore<S> {
     pub fn new(inner: S) -> CountingStore<S> {
-        CountingStore { inner, counts: Default::default(), failing: Mutex::new(Vec::new()) }
+        CountingStore {
+            inner,
+            counts: Default::default(),
+            failing: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn count(&self, op: Op) -> u64 {
@@ -188,7 +204,13 @@ impl<S: StagingStore> StagingStore for CountingStore<S> {
         self.enter(Op::Stage)?;
         self.inner.stage(context_id, msg).await
     }
-    async fn staged(&self, context_id: &str, from: u64, to: u64, limit: usize) -> Result<Vec<StagedMessage>, StoreError> {
+    async fn staged(
+        &self,
+        context_id: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<StagedMessage>, StoreError> {
         self.enter(Op::Staged)?;
         self.inner.staged(context_id, from, to, limit).await
     }

@@ -104,7 +104,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start: Millis) -> ManualClock {
-        ManualClock { now: AtomicU64::new(start.0) }
+        ManualClock {
+            now: AtomicU64::new(start.0),
+        }
     }
     pub fn set(&self, t: Millis) {
         self.now.store(t.0, Ordering::SeqCst);
@@ -142,7 +144,17 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_duration() {
-        for bad in ["", "12", "s", "1.5s", "-1s", "12 s", "5w", "99999999999999999999d", "1sec"] {
+        for bad in [
+            "",
+            "12",
+            "s",
+            "1.5s",
+            "-1s",
+            "12 s",
+            "5w",
+            "99999999999999999999d",
+            "1sec",
+        ] {
             assert!(bad.parse::<Duration>().is_err(), "{bad:?} should be rejected");
         }
     }

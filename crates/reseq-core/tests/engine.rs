@@ -33,7 +33,10 @@ impl Rig {
     }
 
     fn body(&self, ctx: &str, seq: u64, body: &str) -> Envelope {
-        Envelope { received_at: reseq_core::Clock::now(&*self.clock), ..Envelope::new(ctx, seq, body.to_string()) }
+        Envelope {
+            received_at: reseq_core::Clock::now(&*self.clock),
+            ..Envelope::new(ctx, seq, body.to_string())
+        }
     }
 
     async fn send(&self, batch: Vec<Envelope>) -> Vec<Outcome> {
@@ -64,8 +67,16 @@ async fn a_consecutive_run_is_released_with_one_state_write_and_no_staging() {
     let outcomes = rig.send(batch).await;
     assert!(outcomes.iter().all(|o| *o == Outcome::Released), "{outcomes:?}");
     assert_eq!(rig.handler.seqs("a"), (1..=10).collect::<Vec<_>>());
-    assert_eq!(rig.engine.store().count(Op::Commit), 1, "one cursor write for the whole run");
-    assert_eq!(rig.engine.store().count(Op::Stage), 0, "released in its own batch: never staged");
+    assert_eq!(
+        rig.engine.store().count(Op::Commit),
+        1,
+        "one cursor write for the whole run"
+    );
+    assert_eq!(
+        rig.engine.store().count(Op::Stage),
+        0,
+        "released in its own batch: never staged"
+    );
     assert_eq!(rig.state("a").await.next, 11);
 }
 
@@ -82,7 +93,11 @@ async fn arrivals_3_1_2_5_4_release_as_1_then_2_3_then_4_5() {
     assert_eq!(rig.handler.seqs("a"), vec![1, 2, 3, 4, 5]);
     let prevs: Vec<_> = rig.handler.delivered().iter().map(|d| d.prev_seq).collect();
     assert_eq!(prevs, vec![None, Some(1), Some(2), Some(3), Some(4)]);
-    assert_eq!(rig.engine.store().inner.waiting("a", 0).await.unwrap().count, 0, "released rows are gone");
+    assert_eq!(
+        rig.engine.store().inner.waiting("a", 0).await.unwrap().count,
+        0,
+        "released rows are gone"
+    );
 }
 
 #[tokio::test]
@@ -91,7 +106,11 @@ async fn out_of_order_batch_costs_one_put_per_waiting_message_and_one_commit() {
     let outcomes = rig.send(vec![rig.msg("a", 4), rig.msg("a", 3), rig.msg("a", 2)]).await;
     assert_eq!(outcomes, vec![Outcome::Staged; 3]);
     assert_eq!(rig.engine.store().count(Op::Stage), 3);
-    assert_eq!(rig.engine.store().count(Op::Commit), 0, "nothing released, state untouched");
+    assert_eq!(
+        rig.engine.store().count(Op::Commit),
+        0,
+        "nothing released, state untouched"
+    );
     rig.one("a", 1).await;
     assert_eq!(rig.handler.seqs("a"), vec![1, 2, 3, 4]);
     assert_eq!(rig.engine.store().count(Op::Commit), 1);
@@ -100,8 +119,18 @@ async fn out_of_order_batch_costs_one_put_per_waiting_message_and_one_commit() {
 #[tokio::test]
 async fn duplicates_are_dropped_whether_released_staged_or_in_the_same_batch() {
     let rig = Rig::new(cfg());
-    let outcomes = rig.send(vec![rig.msg("a", 1), rig.msg("a", 1), rig.msg("a", 3), rig.msg("a", 3)]).await;
-    assert_eq!(outcomes, vec![Outcome::Released, Outcome::Duplicate, Outcome::Staged, Outcome::Duplicate]);
+    let outcomes = rig
+        .send(vec![rig.msg("a", 1), rig.msg("a", 1), rig.msg("a", 3), rig.msg("a", 3)])
+        .await;
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Released,
+            Outcome::Duplicate,
+            Outcome::Staged,
+            Outcome::Duplicate
+        ]
+    );
     assert_eq!(rig.one("a", 3).await, Outcome::Duplicate, "staged by an earlier batch");
     assert_eq!(rig.one("a", 1).await, Outcome::Duplicate, "already released");
     assert_eq!(rig.handler.seqs("a"), vec![1]);
@@ -115,8 +144,17 @@ async fn a_second_copy_with_another_body_is_a_conflict_and_the_first_wins() {
     rig.send(vec![rig.body("a", 2, "x")]).await;
     let out = rig.send(vec![rig.body("a", 2, "y")]).await;
     assert_eq!(out, vec![Outcome::DeadLettered(Reason::Conflict)]);
-    let out = rig.send(vec![rig.body("a", 3, "p"), rig.body("a", 3, "q"), rig.msg("a", 1)]).await;
-    assert_eq!(out, vec![Outcome::Released, Outcome::DeadLettered(Reason::Conflict), Outcome::Released]);
+    let out = rig
+        .send(vec![rig.body("a", 3, "p"), rig.body("a", 3, "q"), rig.msg("a", 1)])
+        .await;
+    assert_eq!(
+        out,
+        vec![
+            Outcome::Released,
+            Outcome::DeadLettered(Reason::Conflict),
+            Outcome::Released
+        ]
+    );
     let bodies: Vec<_> = rig.handler.delivered().iter().map(|d| d.body.clone()).collect();
     assert_eq!(bodies, vec!["a:1", "x", "p"]);
     assert_eq!(rig.dlq.reasons(), vec![Reason::Conflict, Reason::Conflict]);
@@ -140,7 +178,10 @@ async fn a_staged_first_copy_wins_over_an_in_order_copy_of_the_same_position() {
 
 #[tokio::test]
 async fn a_gap_is_skipped_after_the_timeout_even_without_new_traffic() {
-    let rig = Rig::new(EngineConfig { gap_timeout: Some(Duration::from_secs(10)), ..cfg() });
+    let rig = Rig::new(EngineConfig {
+        gap_timeout: Some(Duration::from_secs(10)),
+        ..cfg()
+    });
     rig.one("a", 1).await;
     rig.one("a", 4).await;
     rig.clock.advance(Duration::from_millis(9_999));
@@ -159,7 +200,10 @@ async fn a_gap_is_skipped_after_the_timeout_even_without_new_traffic() {
 
 #[tokio::test]
 async fn a_gap_is_also_skipped_when_the_next_message_arrives_late_enough() {
-    let rig = Rig::new(EngineConfig { gap_timeout: Some(Duration::from_secs(1)), ..cfg() });
+    let rig = Rig::new(EngineConfig {
+        gap_timeout: Some(Duration::from_secs(1)),
+        ..cfg()
+    });
     rig.one("a", 3).await;
     rig.clock.advance(Duration::from_secs(2));
     assert_eq!(rig.one("a", 5).await, Outcome::Staged);
@@ -174,7 +218,11 @@ async fn late_messages_follow_the_late_policy() {
         (LatePolicy::Drop, Outcome::Dropped),
         (LatePolicy::Deliver, Outcome::Released),
     ] {
-        let rig = Rig::new(EngineConfig { gap_timeout: Some(Duration::from_secs(1)), late: policy, ..cfg() });
+        let rig = Rig::new(EngineConfig {
+            gap_timeout: Some(Duration::from_secs(1)),
+            late: policy,
+            ..cfg()
+        });
         rig.one("a", 2).await;
         rig.clock.advance(Duration::from_secs(1));
         rig.sweep().await;
@@ -192,13 +240,32 @@ async fn late_messages_follow_the_late_policy() {
 async fn positions_too_far_ahead_are_held_back_but_the_context_still_releases() {
     let rig = Rig::new(EngineConfig { max_staged: 2, ..cfg() });
     assert_eq!(rig.one("a", 3).await, Outcome::Staged);
-    assert_eq!(rig.one("a", 4).await, Outcome::Held(Hold::Capacity), "more than 2 ahead of the cursor at 1");
-    assert!(!Outcome::Held(Hold::Capacity).is_settled(), "backpressure: not acknowledged");
-    assert_eq!(rig.one("b", 9).await, Outcome::Held(Hold::Capacity), "a new context starts at 1 too");
-    assert_eq!(rig.one("b", 3).await, Outcome::Staged, "other contexts are not affected");
+    assert_eq!(
+        rig.one("a", 4).await,
+        Outcome::Held(Hold::Capacity),
+        "more than 2 ahead of the cursor at 1"
+    );
+    assert!(
+        !Outcome::Held(Hold::Capacity).is_settled(),
+        "backpressure: not acknowledged"
+    );
+    assert_eq!(
+        rig.one("b", 9).await,
+        Outcome::Held(Hold::Capacity),
+        "a new context starts at 1 too"
+    );
+    assert_eq!(
+        rig.one("b", 3).await,
+        Outcome::Staged,
+        "other contexts are not affected"
+    );
     assert_eq!(rig.one("a", 1).await, Outcome::Released);
     assert_eq!(rig.handler.seqs("a"), vec![1]);
-    assert_eq!(rig.one("a", 4).await, Outcome::Staged, "redelivered once the cursor moved");
+    assert_eq!(
+        rig.one("a", 4).await,
+        Outcome::Staged,
+        "redelivered once the cursor moved"
+    );
     assert_eq!(rig.one("a", 2).await, Outcome::Released);
     assert_eq!(rig.handler.seqs("a"), vec![1, 2, 3, 4]);
 }
@@ -209,17 +276,32 @@ async fn retryable_failures_back_off_1s_doubling_and_then_succeed() {
     let retry = || HandlerError::Retryable("downstream 503".into());
     rig.handler.fail("a", 2, vec![retry(), retry()]);
     let out = rig.send(vec![rig.msg("a", 1), rig.msg("a", 2), rig.msg("a", 3)]).await;
-    assert_eq!(out, vec![Outcome::Released, Outcome::Staged, Outcome::Staged], "both stay durable");
+    assert_eq!(
+        out,
+        vec![Outcome::Released, Outcome::Staged, Outcome::Staged],
+        "both stay durable"
+    );
     let state = rig.state("a").await;
-    assert_eq!(state.retry.as_ref().map(|r| (r.attempts, r.not_before)), Some((1, Millis(1_001_000))));
+    assert_eq!(
+        state.retry.as_ref().map(|r| (r.attempts, r.not_before)),
+        Some((1, Millis(1_001_000)))
+    );
     rig.clock.advance(Duration::from_millis(999));
     rig.sweep().await;
     assert_eq!(rig.handler.seqs("a"), vec![1]);
     rig.clock.advance(Duration::from_millis(1));
     rig.sweep().await;
-    assert_eq!(rig.state("a").await.retry.unwrap().not_before, Millis(1_003_000), "second wait is 2 s");
+    assert_eq!(
+        rig.state("a").await.retry.unwrap().not_before,
+        Millis(1_003_000),
+        "second wait is 2 s"
+    );
     rig.clock.advance(Duration::from_secs(2));
-    assert_eq!(rig.one("a", 4).await, Outcome::Released, "a new message also retries once due");
+    assert_eq!(
+        rig.one("a", 4).await,
+        Outcome::Released,
+        "a new message also retries once due"
+    );
     assert_eq!(rig.handler.seqs("a"), vec![1, 2, 3, 4]);
     assert_eq!(rig.handler.delivered()[1].attempt, 3);
     assert_eq!(rig.engine.stats().handler_retries, 2);
@@ -233,7 +315,10 @@ async fn backoff_caps_at_sixty_seconds() {
 
 #[tokio::test]
 async fn exhausted_retries_block_the_context_by_default() {
-    let rig = Rig::new(EngineConfig { max_attempts: 2, ..cfg() });
+    let rig = Rig::new(EngineConfig {
+        max_attempts: 2,
+        ..cfg()
+    });
     let retry = || HandlerError::Retryable("503".into());
     rig.handler.fail("a", 1, vec![retry(), retry(), retry()]);
     assert_eq!(rig.one("a", 1).await, Outcome::Staged);
@@ -241,7 +326,11 @@ async fn exhausted_retries_block_the_context_by_default() {
     rig.sweep().await;
     let blocked = rig.state("a").await.blocked.expect("blocked");
     assert_eq!((blocked.seq, blocked.attempts), (1, 2));
-    assert_eq!(rig.one("a", 2).await, Outcome::Staged, "nothing after the poison message is released");
+    assert_eq!(
+        rig.one("a", 2).await,
+        Outcome::Staged,
+        "nothing after the poison message is released"
+    );
     rig.clock.advance(Duration::from_secs(3600));
     rig.sweep().await;
     assert!(rig.handler.seqs("a").is_empty());
@@ -250,10 +339,21 @@ async fn exhausted_retries_block_the_context_by_default() {
 
 #[tokio::test]
 async fn a_permanent_failure_with_skip_dead_letters_and_moves_on() {
-    let rig = Rig::new(EngineConfig { on_poison: PoisonPolicy::Skip, ..cfg() });
-    rig.handler.fail("a", 2, vec![HandlerError::Permanent("bad payload".into())]);
+    let rig = Rig::new(EngineConfig {
+        on_poison: PoisonPolicy::Skip,
+        ..cfg()
+    });
+    rig.handler
+        .fail("a", 2, vec![HandlerError::Permanent("bad payload".into())]);
     let out = rig.send(vec![rig.msg("a", 3), rig.msg("a", 2), rig.msg("a", 1)]).await;
-    assert_eq!(out, vec![Outcome::Released, Outcome::DeadLettered(Reason::HandlerFailed), Outcome::Released]);
+    assert_eq!(
+        out,
+        vec![
+            Outcome::Released,
+            Outcome::DeadLettered(Reason::HandlerFailed),
+            Outcome::Released
+        ]
+    );
     assert_eq!(rig.handler.seqs("a"), vec![1, 3]);
     let letter = &rig.dlq.letters()[0];
     assert_eq!((letter.seq, letter.reason), (2, Reason::HandlerFailed));
@@ -263,12 +363,19 @@ async fn a_permanent_failure_with_skip_dead_letters_and_moves_on() {
 
 #[tokio::test]
 async fn a_final_message_closes_the_context_and_retention_forgets_it() {
-    let rig = Rig::new(EngineConfig { retention: Duration::from_secs(60), ..cfg() });
+    let rig = Rig::new(EngineConfig {
+        retention: Duration::from_secs(60),
+        ..cfg()
+    });
     let mut last = rig.msg("a", 2);
     last.is_final = true;
     rig.send(vec![rig.msg("a", 1), last]).await;
     assert_eq!(rig.state("a").await.final_seq, Some(2));
-    assert_eq!(rig.one("a", 3).await, Outcome::DeadLettered(Reason::Late), "nothing follows the final message");
+    assert_eq!(
+        rig.one("a", 3).await,
+        Outcome::DeadLettered(Reason::Late),
+        "nothing follows the final message"
+    );
     rig.clock.advance(Duration::from_secs(60));
     assert_eq!(rig.sweep().await, 1);
     assert_eq!(rig.engine.store().load("a").await.unwrap(), None);
@@ -277,15 +384,24 @@ async fn a_final_message_closes_the_context_and_retention_forgets_it() {
 
 #[tokio::test]
 async fn waiting_messages_are_dead_lettered_before_retention_forgets_them() {
-    let rig = Rig::new(EngineConfig { retention: Duration::from_secs(60), ..cfg() });
+    let rig = Rig::new(EngineConfig {
+        retention: Duration::from_secs(60),
+        ..cfg()
+    });
     rig.one("a", 1).await;
     rig.one("a", 3).await;
     rig.clock.advance(Duration::from_secs(30));
     rig.one("a", 5).await;
     rig.clock.advance(Duration::from_secs(30));
     rig.sweep().await;
-    assert_eq!(rig.dlq.letters().iter().map(|l| (l.seq, l.reason)).collect::<Vec<_>>(), vec![(3, Reason::Expired)]);
-    assert!(rig.engine.store().load("a").await.unwrap().is_some(), "5 still waits: the context stays");
+    assert_eq!(
+        rig.dlq.letters().iter().map(|l| (l.seq, l.reason)).collect::<Vec<_>>(),
+        vec![(3, Reason::Expired)]
+    );
+    assert!(
+        rig.engine.store().load("a").await.unwrap().is_some(),
+        "5 still waits: the context stays"
+    );
     rig.clock.advance(Duration::from_secs(30));
     rig.sweep().await;
     assert_eq!(rig.dlq.reasons(), vec![Reason::Expired, Reason::Expired]);
@@ -299,10 +415,17 @@ async fn a_store_failure_settles_nothing_of_that_context() {
     let rig = Rig::new(cfg());
     rig.engine.store().set_failing(Op::Commit, true);
     let out = rig.send(vec![rig.msg("a", 1), rig.msg("a", 2)]).await;
-    assert!(out.iter().all(|o| matches!(o, Outcome::Held(Hold::Failed(_)))), "{out:?}");
+    assert!(
+        out.iter().all(|o| matches!(o, Outcome::Held(Hold::Failed(_)))),
+        "{out:?}"
+    );
     rig.engine.store().set_failing(Op::Commit, false);
     let out = rig.send(vec![rig.msg("a", 1), rig.msg("a", 2)]).await;
-    assert_eq!(out, vec![Outcome::Released, Outcome::Released], "redelivery repeats the run: at least once");
+    assert_eq!(
+        out,
+        vec![Outcome::Released, Outcome::Released],
+        "redelivery repeats the run: at least once"
+    );
     assert_eq!(rig.handler.seqs("a"), vec![1, 2, 1, 2]);
 }
 
@@ -332,17 +455,34 @@ impl StagingStore for RacedStore {
     async fn load(&self, c: &str) -> Result<Option<reseq_core::ContextState>, reseq_core::StoreError> {
         self.0.load(c).await
     }
-    async fn stage(&self, c: &str, m: &reseq_core::StagedMessage) -> Result<reseq_core::StageOutcome, reseq_core::StoreError> {
+    async fn stage(
+        &self,
+        c: &str,
+        m: &reseq_core::StagedMessage,
+    ) -> Result<reseq_core::StageOutcome, reseq_core::StoreError> {
         self.0.stage(c, m).await
     }
-    async fn staged(&self, c: &str, from: u64, to: u64, limit: usize) -> Result<Vec<reseq_core::StagedMessage>, reseq_core::StoreError> {
+    async fn staged(
+        &self,
+        c: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<reseq_core::StagedMessage>, reseq_core::StoreError> {
         self.0.staged(c, from, to, limit).await
     }
     async fn waiting(&self, c: &str, from: u64) -> Result<reseq_core::Waiting, reseq_core::StoreError> {
         self.0.waiting(c, from).await
     }
-    async fn commit(&self, c: &str, commit: &reseq_core::Commit) -> Result<reseq_core::CommitOutcome, reseq_core::StoreError> {
-        let theirs = reseq_core::Commit { state: Some(reseq_core::ContextState::new(1)), ..commit.clone() };
+    async fn commit(
+        &self,
+        c: &str,
+        commit: &reseq_core::Commit,
+    ) -> Result<reseq_core::CommitOutcome, reseq_core::StoreError> {
+        let theirs = reseq_core::Commit {
+            state: Some(reseq_core::ContextState::new(1)),
+            ..commit.clone()
+        };
         self.0.commit(c, &theirs).await?;
         self.0.commit(c, commit).await
     }
@@ -358,7 +498,30 @@ impl StagingStore for RacedStore {
 async fn a_commit_that_loses_a_race_settles_nothing_it_released() {
     let engine = Engine::new(RacedStore(MemoryStore::new()), ManualClock::new(Millis(0)), cfg());
     let (handler, dlq) = (RecordingHandler::new(), RecordingDlq::new());
-    let out = engine.process(vec![Envelope::new("a", 1, "x"), Envelope::new("a", 3, "z")], &handler, &dlq).await;
-    assert_eq!(out, vec![Outcome::Held(Hold::Busy), Outcome::Staged], "staged is durable; the release is not");
+    let out = engine
+        .process(
+            vec![Envelope::new("a", 1, "x"), Envelope::new("a", 3, "z")],
+            &handler,
+            &dlq,
+        )
+        .await;
+    assert_eq!(
+        out,
+        vec![Outcome::Held(Hold::Busy), Outcome::Staged],
+        "staged is durable; the release is not"
+    );
     assert_eq!(handler.seqs("a"), vec![1]);
+}
+
+#[tokio::test]
+async fn a_failed_read_does_not_settle_a_message_waiting_unwritten_in_the_batch() {
+    let rig = Rig::new(cfg());
+    rig.engine.store().set_failing(Op::Staged, true);
+    let out = rig.send(vec![rig.msg("a", 3), rig.msg("a", 1)]).await;
+    assert!(
+        out.iter().all(|o| matches!(o, Outcome::Held(Hold::Failed(_)))),
+        "3 was never written: {out:?}"
+    );
+    rig.engine.store().set_failing(Op::Staged, false);
+    assert_eq!(rig.engine.store().inner.waiting("a", 0).await.unwrap().count, 0);
 }

@@ -13,30 +13,36 @@ use reseq_core::{
 };
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: 256, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: 256,
+        ..ProptestConfig::default()
+    }
 }
 
 /// Messages of up to 4 contexts with positions 1..=n, some sent twice, in a random order,
 /// cut into random batches.
 fn traffic() -> impl Strategy<Value = (Vec<(String, u64)>, Vec<usize>)> {
-    prop::collection::vec((1u64..25, prop::collection::vec(any::<bool>(), 25)), 1..5)
-        .prop_flat_map(|contexts| {
-            let mut msgs = Vec::new();
-            for (c, (n, dups)) in contexts.iter().enumerate() {
-                for seq in 1..=*n {
+    prop::collection::vec((1u64..25, prop::collection::vec(any::<bool>(), 25)), 1..5).prop_flat_map(|contexts| {
+        let mut msgs = Vec::new();
+        for (c, (n, dups)) in contexts.iter().enumerate() {
+            for seq in 1..=*n {
+                msgs.push((format!("ctx-{c}"), seq));
+                if dups[seq as usize - 1] {
                     msgs.push((format!("ctx-{c}"), seq));
-                    if dups[seq as usize - 1] {
-                        msgs.push((format!("ctx-{c}"), seq));
-                    }
                 }
             }
-            let len = msgs.len();
-            (Just(msgs).prop_shuffle(), prop::collection::vec(1usize..12, len))
-        })
+        }
+        let len = msgs.len();
+        (Just(msgs).prop_shuffle(), prop::collection::vec(1usize..12, len))
+    })
 }
 
 fn batches<T: Clone>(items: &[T], sizes: &[usize]) -> Vec<Vec<T>> {
