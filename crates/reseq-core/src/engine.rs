@@ -288,8 +288,9 @@ struct Work {
     pending: SeqMap<Pending>,
     view: StoreView,
     next_page: usize,
-    /// Staged in the store at or after `state.next`; `None` when it must be asked again.
-    store_waiting: Option<Waiting>,
+    /// The cursor as loaded: once it moves, `state.waiting_since` may describe messages
+    /// that were released, and is worked out again.
+    start_next: u64,
     remove_staged: Vec<u64>,
     /// Retention ran out with nothing waiting: the commit deletes the context.
     forget: bool,
@@ -401,12 +402,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         limit: usize,
     ) -> Result<usize, StoreError> {
         let now = self.clock.now();
-        let query = DueQuery {
-            now,
-            gap_cutoff: self.config.gap_timeout.map(|g| now.minus(g)),
-            retention_cutoff: now.minus(self.config.retention),
-            limit,
-        };
+        let query = DueQuery { now, limit };
         let due = self.store.due(&query).await?;
         let mut no_outcomes = Vec::new();
         for context_id in &due {
@@ -432,6 +428,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             Ok(None) => (ContextState::new(self.config.first_seq), None),
             Err(err) => (ContextState::new(self.config.first_seq), Some(err.to_string())),
         };
+        let state_next = state.next;
         Work {
             context_id: context_id.to_string(),
             loaded_version: state.version,
@@ -440,7 +437,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             pending: SeqMap::new(),
             view: StoreView::empty(),
             next_page: FIRST_PAGE,
-            store_waiting: None,
+            start_next: state_next,
             remove_staged: Vec::new(),
             forget: false,
             released: Vec::new(),
@@ -621,7 +618,6 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             let next = work.state.next;
             self.ensure_view(work, next).await?;
             let (msg, source) = if let Some(stored) = work.view.items.remove(next) {
-                work.store_waiting = None;
                 if let Some(copy) = work.pending.remove(next) {
                     outcomes[copy.index] = self.second_copy(work, stored.body_hash, &copy.msg, dlq).await;
                 }
@@ -668,10 +664,60 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         let Some(timeout) = self.config.gap_timeout else {
             return Ok(false);
         };
-        let stored = self.store_waiting(work).await?.oldest_received_at;
-        let pending = work.pending.values().map(|p| p.msg.received_at).min();
-        let oldest = [stored, pending].into_iter().flatten().min();
+        let oldest = self.oldest_waiting(work).await?;
         Ok(oldest.is_some_and(|t| now.since(t) >= timeout))
+    }
+
+    /// Since when messages wait beyond the cursor. While the cursor has not moved, the
+    /// stored `waiting_since` and this batch's own waiting messages tell; once it moved,
+    /// the oldest of the waiting messages in the store's window at the cursor (one read if
+    /// the window is empty) stands for it: never older than the truth, so a gap is never
+    /// skipped early.
+    async fn oldest_waiting(&self, work: &mut Work) -> Result<Option<Millis>, StoreError> {
+        let pending = work.pending.values().map(|p| p.msg.received_at).min();
+        if work.state.next == work.start_next {
+            return Ok([work.state.waiting_since, pending].into_iter().flatten().min());
+        }
+        let next = work.state.next;
+        self.ensure_view(work, next).await?;
+        let in_view = work
+            .view
+            .items
+            .entries
+            .iter()
+            .filter(|(seq, _)| *seq >= next)
+            .map(|(_, m)| m.received_at)
+            .min();
+        if let Some(known) = [in_view, pending].into_iter().flatten().min() {
+            return Ok(Some(known));
+        }
+        if work.state.waiting_since.is_none() {
+            return Ok(None);
+        }
+        let first = self.store.staged(&work.context_id, next, u64::MAX, 1).await?;
+        Ok(first.first().map(|m| m.received_at))
+    }
+
+    /// When a sweep must look at this context next: a handler retry, a gap timeout, a
+    /// waiting message reaching the retention, or the state itself reaching it.
+    fn due_at(&self, state: &ContextState) -> Millis {
+        let retention = self.config.retention;
+        let mut due = state.updated_at.plus(retention);
+        let stalled_by_retry = state.blocked.is_none() && state.retry.is_some();
+        if let Some(retry) = state.retry.as_ref().filter(|_| state.blocked.is_none()) {
+            due = due.min(retry.not_before);
+        }
+        if let Some(since) = state.waiting_since {
+            due = due.min(since.plus(retention));
+            if let Some(gap) = self
+                .config
+                .gap_timeout
+                .filter(|_| state.blocked.is_none() && !stalled_by_retry)
+            {
+                due = due.min(since.plus(gap));
+            }
+        }
+        due
     }
 
     /// Hands one message to the handler and applies the result to the context.
@@ -807,15 +853,6 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         Ok(first.first().map(|m| m.seq))
     }
 
-    async fn store_waiting(&self, work: &mut Work) -> Result<Waiting, StoreError> {
-        if let Some(w) = work.store_waiting {
-            return Ok(w);
-        }
-        let w = self.store.waiting(&work.context_id, work.state.next).await?;
-        work.store_waiting = Some(w);
-        Ok(w)
-    }
-
     /// Dead-letters waiting messages older than the retention (SPEC §2: waiting messages
     /// are never deleted by expiry), then forgets a context with nothing left waiting
     /// whose state is older than the retention.
@@ -864,7 +901,10 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         for seq in &work.remove_staged {
             work.view.items.remove(*seq);
         }
-        work.store_waiting = Some(remaining);
+        if work.state.waiting_since != remaining.oldest_received_at {
+            work.state.waiting_since = remaining.oldest_received_at;
+            work.dirty = true;
+        }
         if now.since(work.state.updated_at) >= retention && work.loaded_version > 0 {
             // With nothing waiting the context is forgotten; messages still waiting keep
             // it alive, and refreshing `updated_at` stops every sweep finding it again.
@@ -874,14 +914,35 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         Ok(())
     }
 
+    /// Keeps `state.waiting_since` true after the batch: a context that starts waiting
+    /// gets it (one state write when a gap opens, none for later arrivals into the same
+    /// gap); one whose cursor moved gets it worked out again.
+    async fn note_waiting(&self, work: &mut Work, staged_since: Option<Millis>) -> Result<(), StoreError> {
+        let since = if work.state.next != work.start_next {
+            let stored = self.oldest_waiting(work).await?;
+            [stored, staged_since].into_iter().flatten().min()
+        } else {
+            [work.state.waiting_since, staged_since].into_iter().flatten().min()
+        };
+        if since != work.state.waiting_since {
+            work.state.waiting_since = since;
+            work.dirty = true;
+        }
+        Ok(())
+    }
+
     /// Writes what the batch decided for one context: the messages still waiting, then
     /// the state. If either fails, nothing released in this batch is settled.
     async fn finish<D: DeadLetterSink>(&self, mut work: Work, now: Millis, dlq: &D, outcomes: &mut [Outcome]) {
+        let mut staged_since: Option<Millis> = None;
         if work.failed.is_none() {
             let pending = std::mem::replace(&mut work.pending, SeqMap::new());
             for (_, p) in pending.entries {
                 match self.store.stage(&work.context_id, &p.msg).await {
-                    Ok(StageOutcome::Staged) => bump(&self.counters.staged),
+                    Ok(StageOutcome::Staged) => {
+                        bump(&self.counters.staged);
+                        staged_since = Some(staged_since.map_or(p.msg.received_at, |t| t.min(p.msg.received_at)));
+                    }
                     Ok(StageOutcome::AlreadyStaged) => {
                         bump(&self.counters.duplicates);
                         outcomes[p.index] = Outcome::Duplicate;
@@ -901,8 +962,14 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 }
             }
         }
+        if work.failed.is_none()
+            && let Err(err) = self.note_waiting(&mut work, staged_since).await
+        {
+            work.failed = Some(err.to_string());
+        }
         if work.failed.is_none() && work.dirty {
             work.state.updated_at = now;
+            work.state.due_at = Some(self.due_at(&work.state));
             let commit = Commit {
                 expected_version: work.loaded_version,
                 state: if work.forget { None } else { Some(work.state.clone()) },

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use crate::store::{
     Commit, CommitOutcome, ContextState, DueQuery, StageOutcome, StagedMessage, StagingStore, StoreError, Waiting,
 };
+use crate::time::Millis;
 
 #[derive(Default)]
 struct Entry {
@@ -19,16 +20,8 @@ impl Entry {
         self.state.as_ref().map_or(0, |s| s.next)
     }
 
-    fn is_due(&self, q: &DueQuery) -> bool {
-        let state = self.state.as_ref();
-        let waiting = || self.staged.range(self.next()..).map(|(_, m)| m.received_at);
-        state.and_then(ContextState::wake_at).is_some_and(|t| t <= q.now)
-            || state.is_some_and(|s| s.updated_at <= q.retention_cutoff)
-            || self.staged.values().any(|m| m.received_at <= q.retention_cutoff)
-            || match q.gap_cutoff {
-                Some(cutoff) if state.is_none_or(|s| s.blocked.is_none()) => waiting().any(|t| t <= cutoff),
-                _ => false,
-            }
+    fn due_at(&self) -> Option<Millis> {
+        self.state.as_ref().and_then(|s| s.due_at)
     }
 }
 
@@ -150,14 +143,12 @@ impl StagingStore for MemoryStore {
 
     async fn due(&self, query: &DueQuery) -> Result<Vec<String>, StoreError> {
         Ok(self.with(|m| {
-            let mut due: Vec<String> = m
+            let mut due: Vec<(Millis, &String)> = m
                 .iter()
-                .filter(|(_, e)| e.is_due(query))
-                .map(|(id, _)| id.clone())
+                .filter_map(|(id, e)| e.due_at().filter(|t| *t <= query.now).map(|t| (t, id)))
                 .collect();
             due.sort();
-            due.truncate(query.limit);
-            due
+            due.into_iter().take(query.limit).map(|(_, id)| id.clone()).collect()
         }))
     }
 

@@ -81,6 +81,16 @@ pub struct ContextState {
     /// When this state was last written: with no messages waiting, the context's records
     /// expire `retention` after it.
     pub updated_at: Millis,
+    /// Since when messages wait in this context (the oldest waiting message's arrival, as
+    /// far as the engine knows); `None` when nothing waits. Staging never writes the state:
+    /// the engine records this in its own commit when a context starts waiting, which is
+    /// what lets gap timers and expiry be found through the state alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<Millis>,
+    /// When a sweep must look at this context next (a retry, a gap timeout, retention),
+    /// computed by the engine at each commit. Stores index it: [`StagingStore::due`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<Millis>,
 }
 
 impl ContextState {
@@ -95,20 +105,13 @@ impl ContextState {
             final_seq: None,
             lease: None,
             updated_at: Millis(0),
+            waiting_since: None,
+            due_at: None,
         }
     }
 
     pub fn is_skipped(&self, seq: u64) -> bool {
         self.skipped.iter().any(|r| r.contains(seq))
-    }
-
-    /// When a timer of this context fires without new traffic (retry backoff); the store
-    /// indexes it so that sweeps find the context without a scan.
-    pub fn wake_at(&self) -> Option<Millis> {
-        match (&self.blocked, &self.retry) {
-            (None, Some(retry)) => Some(retry.not_before),
-            _ => None,
-        }
     }
 
     /// Records positions `first..=last` as skipped, merging with an adjacent range.
@@ -190,14 +193,11 @@ pub enum CommitOutcome {
     VersionMismatch,
 }
 
-/// Which contexts a sweep should look at: any with a timer due at `now`, with a message
-/// waiting since before `gap_cutoff` (when not blocked), or with records older than
-/// `retention_cutoff`.
+/// Which contexts a sweep should look at: those whose `state.due_at <= now`, earliest
+/// first, at most `limit`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DueQuery {
     pub now: Millis,
-    pub gap_cutoff: Option<Millis>,
-    pub retention_cutoff: Millis,
     pub limit: usize,
 }
 
@@ -246,7 +246,7 @@ pub trait StagingStore: Send + Sync {
         commit: &Commit,
     ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
 
-    /// Contexts that need a sweep (see [`DueQuery`]), without scanning every context.
+    /// Contexts whose `due_at` has come (see [`DueQuery`]), from an index, not a scan.
     fn due(&self, query: &DueQuery) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Makes every write so far durable.

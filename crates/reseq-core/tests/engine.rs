@@ -101,19 +101,66 @@ async fn arrivals_3_1_2_5_4_release_as_1_then_2_3_then_4_5() {
 }
 
 #[tokio::test]
-async fn out_of_order_batch_costs_one_put_per_waiting_message_and_one_commit() {
+async fn waiting_costs_one_put_per_message_and_one_state_write_when_the_gap_opens() {
     let rig = Rig::new(cfg());
     let outcomes = rig.send(vec![rig.msg("a", 4), rig.msg("a", 3), rig.msg("a", 2)]).await;
     assert_eq!(outcomes, vec![Outcome::Staged; 3]);
     assert_eq!(rig.engine.store().count(Op::Stage), 3);
     assert_eq!(
         rig.engine.store().count(Op::Commit),
-        0,
-        "nothing released, state untouched"
+        1,
+        "the context starts waiting: its timers need the state"
+    );
+    assert_eq!(rig.state("a").await.waiting_since, Some(Millis(1_000_000)));
+    rig.clock.advance(Duration::from_secs(1));
+    assert_eq!(rig.one("a", 6).await, Outcome::Staged);
+    assert_eq!(
+        rig.engine.store().count(Op::Commit),
+        1,
+        "more waiting messages in an open gap: no state write"
     );
     rig.one("a", 1).await;
     assert_eq!(rig.handler.seqs("a"), vec![1, 2, 3, 4]);
-    assert_eq!(rig.engine.store().count(Op::Commit), 1);
+    assert_eq!(rig.engine.store().count(Op::Commit), 2);
+    assert_eq!(
+        rig.state("a").await.waiting_since,
+        Some(Millis(1_001_000)),
+        "6 still waits, since it came"
+    );
+    rig.one("a", 5).await;
+    assert_eq!(rig.state("a").await.waiting_since, None, "nothing waits");
+}
+
+#[tokio::test]
+async fn the_state_says_when_a_sweep_must_come() {
+    let gap = Duration::from_secs(10);
+    let rig = Rig::new(EngineConfig {
+        gap_timeout: Some(gap),
+        retention: Duration::from_secs(3600),
+        ..cfg()
+    });
+    rig.one("a", 1).await;
+    assert_eq!(
+        rig.state("a").await.due_at,
+        Some(Millis(1_000_000 + 3_600_000)),
+        "retention only"
+    );
+    rig.one("a", 3).await;
+    assert_eq!(
+        rig.state("a").await.due_at,
+        Some(Millis(1_000_000 + 10_000)),
+        "the gap timeout"
+    );
+    rig.handler.fail("b", 1, vec![HandlerError::Permanent("x".into())]);
+    rig.one("b", 1).await;
+    rig.one("b", 2).await;
+    let blocked = rig.state("b").await;
+    assert!(blocked.blocked.is_some());
+    assert_eq!(
+        blocked.due_at,
+        Some(Millis(1_000_000 + 3_600_000)),
+        "a blocked context skips no gap: only expiry"
+    );
 }
 
 #[tokio::test]

@@ -27,6 +27,7 @@ struct NewState {
     blocked: bool,
     retry_at: Option<u64>,
     updated_at: u64,
+    due_at: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -56,8 +57,6 @@ enum Op {
     },
     Due {
         now: u64,
-        gap: Option<u64>,
-        retention: u64,
         limit: usize,
     },
     Flush,
@@ -74,14 +73,19 @@ fn time() -> impl Strategy<Value = u64> {
 
 fn op() -> impl Strategy<Value = Op> {
     let ctx = 0..CONTEXTS.len();
-    let new_state =
-        (seq(), any::<bool>(), prop::option::of(time()), time()).prop_map(|(next, blocked, retry_at, updated_at)| {
-            NewState {
-                next,
-                blocked,
-                retry_at,
-                updated_at,
-            }
+    let new_state = (
+        seq(),
+        any::<bool>(),
+        prop::option::of(time()),
+        time(),
+        prop::option::of(time()),
+    )
+        .prop_map(|(next, blocked, retry_at, updated_at, due_at)| NewState {
+            next,
+            blocked,
+            retry_at,
+            updated_at,
+            due_at,
         });
     prop_oneof![
         1 => ctx.clone().prop_map(Op::Load),
@@ -92,8 +96,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (ctx, prop::option::weighted(0.2, 0..3u64), prop::option::weighted(0.85, new_state),
               prop::collection::vec(seq(), 0..3))
             .prop_map(|(ctx, expected, state, remove)| Op::Commit { ctx, expected, state, remove }),
-        2 => (time(), prop::option::of(time()), time(), 0..4usize)
-            .prop_map(|(now, gap, retention, limit)| Op::Due { now, gap, retention, limit }),
+        2 => (time(), 0..4usize).prop_map(|(now, limit)| Op::Due { now, limit }),
         1 => Just(Op::Flush),
         1 => Just(Op::Reopen),
     ]
@@ -127,6 +130,7 @@ fn to_state(s: &NewState) -> ContextState {
             since: Millis(1),
         }),
         updated_at: Millis(s.updated_at),
+        due_at: s.due_at.map(Millis),
         ..ContextState::new(s.next)
     }
 }
@@ -196,16 +200,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     at
                 );
             }
-            Op::Due {
-                now,
-                gap,
-                retention,
-                limit,
-            } => {
+            Op::Due { now, limit } => {
                 let q = DueQuery {
                     now: Millis(now),
-                    gap_cutoff: gap.map(Millis),
-                    retention_cutoff: Millis(retention),
                     limit,
                 };
                 prop_assert_eq!(ready(store.due(&q)).unwrap(), ready(model.due(&q)).unwrap(), "{}", at);

@@ -6,7 +6,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use reseq_core::store::{Blocked, RetryState};
+
 use reseq_core::{
     AttributeValue, Attributes, Commit, CommitOutcome, ContextState, DueQuery, Millis, StageOutcome, StagedMessage,
     StagingStore, StoreError, Waiting,
@@ -239,46 +239,21 @@ fn u64_positions_and_times_round_trip_and_sort_across_the_sign_bit() {
     let loaded = ready(store.load("big")).unwrap().unwrap();
     assert_eq!(loaded.next, high + 1);
 
-    // `due` compares times and cursors above i64::MAX correctly too.
-    let q = |now: u64, gap: Option<u64>, retention: u64| DueQuery {
+    // `due` compares times above i64::MAX correctly too.
+    let q = |now: u64| DueQuery {
         now: Millis(now),
-        gap_cutoff: gap.map(Millis),
-        retention_cutoff: Millis(retention),
         limit: 10,
     };
-    assert!(
-        ready(store.due(&q(u64::MAX, Some(u64::MAX - 7), 0)))
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(
-        ready(store.due(&q(0, Some(u64::MAX - 4), 0))).unwrap(),
-        vec!["big".to_string()]
-    );
-    assert_eq!(
-        ready(store.due(&q(0, None, u64::MAX - 4))).unwrap(),
-        vec!["big".to_string()]
-    );
-    assert!(ready(store.due(&q(0, None, u64::MAX - 7))).unwrap().is_empty());
-
-    let retry = RetryState {
-        seq: high + 1,
-        attempts: 1,
-        not_before: Millis(u64::MAX - 1),
-        last_error: "x".into(),
-    };
     let s = ContextState {
-        retry: Some(retry),
+        due_at: Some(Millis(u64::MAX - 1)),
         updated_at: Millis(u64::MAX),
         ..state(u64::MAX)
     };
     assert_eq!(commit(&store, "big", 1, s), CommitOutcome::Committed);
     assert_eq!(seqs(&store, "big", 0), vec![u64::MAX]);
-    assert!(ready(store.due(&q(u64::MAX - 2, None, 0))).unwrap().is_empty());
-    assert_eq!(
-        ready(store.due(&q(u64::MAX - 1, None, 0))).unwrap(),
-        vec!["big".to_string()]
-    );
+    assert!(ready(store.due(&q(high))).unwrap().is_empty());
+    assert!(ready(store.due(&q(u64::MAX - 2))).unwrap().is_empty());
+    assert_eq!(ready(store.due(&q(u64::MAX - 1))).unwrap(), vec!["big".to_string()]);
 }
 
 #[test]
@@ -405,64 +380,5 @@ fn files_that_are_not_state_files_are_refused() {
     assert!(
         text.contains(&missing.display().to_string()) && text.contains("directory exists"),
         "{text}"
-    );
-}
-
-#[test]
-fn due_ignores_a_blocked_contexts_gap_but_not_its_retention() {
-    let store = SqliteStore::in_memory().unwrap();
-    let block = Blocked {
-        seq: 5,
-        attempts: 5,
-        error: "x".into(),
-        since: Millis(0),
-    };
-    commit(
-        &store,
-        "blocked",
-        0,
-        ContextState {
-            blocked: Some(block),
-            updated_at: Millis(9_000),
-            ..state(5)
-        },
-    );
-    ready(store.stage(
-        "blocked",
-        &StagedMessage {
-            received_at: Millis(100),
-            ..msg(6, "x")
-        },
-    ))
-    .unwrap();
-    // A row below the cursor (it can only be left by a racing stage) never makes a gap.
-    commit(
-        &store,
-        "below",
-        0,
-        ContextState {
-            updated_at: Millis(9_000),
-            ..state(5)
-        },
-    );
-    ready(store.stage(
-        "below",
-        &StagedMessage {
-            received_at: Millis(100),
-            ..msg(4, "x")
-        },
-    ))
-    .unwrap();
-
-    let q = |gap, retention| DueQuery {
-        now: Millis(0),
-        gap_cutoff: gap,
-        retention_cutoff: Millis(retention),
-        limit: 10,
-    };
-    assert!(ready(store.due(&q(Some(Millis(100)), 0))).unwrap().is_empty());
-    assert_eq!(
-        ready(store.due(&q(None, 100))).unwrap(),
-        vec!["below".to_string(), "blocked".to_string()]
     );
 }
