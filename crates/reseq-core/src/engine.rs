@@ -947,6 +947,15 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                         bump(&self.counters.duplicates);
                         outcomes[p.index] = Outcome::Duplicate;
                     }
+                    Ok(StageOutcome::TooLarge { limit_bytes }) => {
+                        let detail = format!(
+                            "context {} position {}: the staging store cannot hold a body of {} bytes (limit {limit_bytes})",
+                            work.context_id,
+                            p.msg.seq,
+                            p.msg.body.len()
+                        );
+                        outcomes[p.index] = self.dead_letter(&work, &p.msg, Reason::TooLarge, &detail, dlq).await;
+                    }
                     Ok(StageOutcome::Conflict) => {
                         bump(&self.counters.conflicts);
                         let detail = format!(

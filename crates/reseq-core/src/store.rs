@@ -165,6 +165,9 @@ pub enum StageOutcome {
     AlreadyStaged,
     /// The same position with another body hash was there already: nothing written.
     Conflict,
+    /// The message cannot be stored by this store (e.g. over DynamoDB's item size even
+    /// compressed): nothing written; the engine dead-letters it as `too-large`.
+    TooLarge { limit_bytes: usize },
 }
 
 /// How many messages wait at or after a position, and since when the oldest waits.
