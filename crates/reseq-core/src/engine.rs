@@ -19,8 +19,8 @@ use crate::envelope::Envelope;
 use crate::handler::{DeadLetter, DeadLetterSink, Handler, HandlerError, Release};
 use crate::reason::Reason;
 use crate::store::{
-    Blocked, Commit, CommitOutcome, ContextState, DueQuery, RetryState, StageOutcome, StagedMessage, StagingStore,
-    StoreError, Waiting,
+    Blocked, Commit, CommitOutcome, ContextState, DueQuery, Lease, RetryState, StageOutcome, StagedMessage,
+    StagingStore, StoreError, Waiting,
 };
 use crate::time::{Clock, Duration, Millis};
 
@@ -76,6 +76,18 @@ pub struct EngineConfig {
     pub retention: Duration,
     pub max_attempts: u32,
     pub on_poison: PoisonPolicy,
+    /// Take a per-context lease before releasing (several workers may see one context at
+    /// once: a standard queue, or FIFO with a group that is not the context). `None` when
+    /// the source already guarantees one consumer per context (FIFO, group = context).
+    pub lease: Option<LeaseConfig>,
+}
+
+/// Who this worker is, and how long a lease it takes lasts without renewal. The duration
+/// must exceed the time one batch takes to release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    pub owner: String,
+    pub duration: Duration,
 }
 
 impl Default for EngineConfig {
@@ -88,6 +100,7 @@ impl Default for EngineConfig {
             retention: Duration::from_secs(14 * 86_400),
             max_attempts: 5,
             on_poison: PoisonPolicy::Block,
+            lease: None,
         }
     }
 }
@@ -294,6 +307,10 @@ struct Work {
     remove_staged: Vec<u64>,
     /// Retention ran out with nothing waiting: the commit deletes the context.
     forget: bool,
+    /// This work took the context's lease: its commit gives it back.
+    leased: bool,
+    /// Another worker holds the lease: nothing is released, releasable messages wait.
+    busy: bool,
     released: Vec<usize>,
     failed: Option<String>,
 }
@@ -381,8 +398,15 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 work.failed = Some(err.to_string());
             }
         }
+        let mut woken = Vec::new();
         for work in works.into_iter().flatten() {
-            self.finish(work, now, dlq, &mut outcomes).await;
+            let context_id = work.context_id.clone();
+            if self.finish(work, now, dlq, &mut outcomes).await {
+                woken.push(context_id);
+            }
+        }
+        for context_id in woken {
+            self.drain(&context_id, handler, dlq).await;
         }
         for outcome in &outcomes {
             if !outcome.is_settled() {
@@ -417,7 +441,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             if let Err(err) = swept.await {
                 work.failed = Some(err.to_string());
             }
-            self.finish(work, now, dlq, &mut no_outcomes).await;
+            if self.finish(work, now, dlq, &mut no_outcomes).await {
+                self.drain(context_id, handler, dlq).await;
+            }
         }
         Ok(due.len())
     }
@@ -440,6 +466,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             start_next: state_next,
             remove_staged: Vec::new(),
             forget: false,
+            leased: false,
+            busy: false,
             released: Vec::new(),
             failed,
         }
@@ -478,13 +506,13 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
             return Ok(());
         }
-        if seq == work.state.next && !self.stalled(&work.state, now) {
+        if seq == work.state.next && !self.stalled(work, now) {
             self.ensure_view(work, seq).await?;
             if let Some(first) = work.view.items.get(seq).map(|m| m.body_hash) {
                 outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
             } else if let Step::Stall = self
                 .release(work, msg, Source::Batch(index), now, handler, dlq, outcomes)
-                .await
+                .await?
             {
                 return Ok(());
             }
@@ -508,7 +536,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         outcomes[index] = Outcome::Staged;
         // Nothing became releasable, unless a handler retry is due or the wait outlasted
         // the gap timeout.
-        let retry_due = work.state.retry.is_some() && !self.stalled(&work.state, now);
+        let retry_due = work.state.retry.is_some() && !self.stalled(work, now);
         if retry_due || self.gap_expired(work, now).await? {
             self.advance(work, now, handler, dlq, outcomes).await?;
         }
@@ -600,8 +628,71 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         }
     }
 
-    fn stalled(&self, state: &ContextState, now: Millis) -> bool {
-        state.blocked.is_some() || state.retry.as_ref().is_some_and(|r| now < r.not_before)
+    fn stalled(&self, work: &Work, now: Millis) -> bool {
+        let state = &work.state;
+        work.busy || state.blocked.is_some() || state.retry.as_ref().is_some_and(|r| now < r.not_before)
+    }
+
+    /// Takes the context's lease before the first release of a batch, folded into a
+    /// version-conditional write of the state. `false`: another worker holds it (or wrote
+    /// the state meanwhile); the context then only stages, and the holder or the wakeup
+    /// check after staging releases what became releasable.
+    async fn acquire(&self, work: &mut Work, now: Millis) -> Result<bool, StoreError> {
+        let Some(lease) = &self.config.lease else {
+            return Ok(true);
+        };
+        if work.leased {
+            return Ok(true);
+        }
+        // A version race means another writer moved the state: read it again and retry,
+        // a few times, before giving up on this batch.
+        for _ in 0..3 {
+            if work
+                .state
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.owner != lease.owner && now < l.until)
+            {
+                break;
+            }
+            let mut state = work.state.clone();
+            state.lease = Some(Lease {
+                owner: lease.owner.clone(),
+                until: now.plus(lease.duration),
+            });
+            state.updated_at = now;
+            state.due_at = Some(self.due_at(&state));
+            let commit = Commit {
+                expected_version: work.loaded_version,
+                state: Some(state.clone()),
+                remove_staged: vec![],
+            };
+            match self.store.commit(&work.context_id, &commit).await? {
+                CommitOutcome::Committed => {
+                    work.loaded_version += 1;
+                    work.state.lease = state.lease;
+                    work.leased = true;
+                    work.dirty = true;
+                    return Ok(true);
+                }
+                CommitOutcome::VersionMismatch => {
+                    let fresh = self
+                        .store
+                        .load(&work.context_id)
+                        .await?
+                        .unwrap_or_else(|| ContextState::new(self.config.first_seq));
+                    if fresh.next != work.state.next {
+                        // The cursor moved under us: what this batch decided no longer holds.
+                        break;
+                    }
+                    work.loaded_version = fresh.version;
+                    work.state.lease = fresh.lease;
+                    work.state.waiting_since = fresh.waiting_since;
+                }
+            }
+        }
+        work.busy = true;
+        Ok(false)
     }
 
     /// Releases every consecutive message from the cursor on, skipping a gap whose
@@ -614,7 +705,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         dlq: &D,
         outcomes: &mut [Outcome],
     ) -> Result<(), StoreError> {
-        while !self.stalled(&work.state, now) {
+        while !self.stalled(work, now) {
             let next = work.state.next;
             self.ensure_view(work, next).await?;
             let (msg, source) = if let Some(stored) = work.view.items.remove(next) {
@@ -629,7 +720,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             } else {
                 return Ok(());
             };
-            if let Step::Stall = self.release(work, msg, source, now, handler, dlq, outcomes).await {
+            if let Step::Stall = self.release(work, msg, source, now, handler, dlq, outcomes).await? {
                 return Ok(());
             }
         }
@@ -664,7 +755,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         let Some(timeout) = self.config.gap_timeout else {
             return Ok(false);
         };
-        let oldest = self.oldest_waiting(work).await?;
+        let oldest = self.oldest_waiting(work, false).await?;
         Ok(oldest.is_some_and(|t| now.since(t) >= timeout))
     }
 
@@ -673,9 +764,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     /// the oldest of the waiting messages in the store's window at the cursor (one read if
     /// the window is empty) stands for it: never older than the truth, so a gap is never
     /// skipped early.
-    async fn oldest_waiting(&self, work: &mut Work) -> Result<Option<Millis>, StoreError> {
+    async fn oldest_waiting(&self, work: &mut Work, from_store: bool) -> Result<Option<Millis>, StoreError> {
         let pending = work.pending.values().map(|p| p.msg.received_at).min();
-        if work.state.next == work.start_next {
+        if work.state.next == work.start_next && !from_store {
             return Ok([work.state.waiting_since, pending].into_iter().flatten().min());
         }
         let next = work.state.next;
@@ -691,7 +782,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         if let Some(known) = [in_view, pending].into_iter().flatten().min() {
             return Ok(Some(known));
         }
-        if work.state.waiting_since.is_none() {
+        if work.state.waiting_since.is_none() && !from_store {
             return Ok(None);
         }
         let first = self.store.staged(&work.context_id, next, u64::MAX, 1).await?;
@@ -703,6 +794,11 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     fn due_at(&self, state: &ContextState) -> Millis {
         let retention = self.config.retention;
         let mut due = state.updated_at.plus(retention);
+        // A worker that dies holding the lease leaves its context to the sweep when the
+        // lease runs out.
+        if let Some(lease) = &state.lease {
+            due = due.min(lease.until);
+        }
         let stalled_by_retry = state.blocked.is_none() && state.retry.is_some();
         if let Some(retry) = state.retry.as_ref().filter(|_| state.blocked.is_none()) {
             due = due.min(retry.not_before);
@@ -731,7 +827,11 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         handler: &H,
         dlq: &D,
         outcomes: &mut [Outcome],
-    ) -> Step {
+    ) -> Result<Step, StoreError> {
+        if !self.acquire(work, now).await? {
+            self.keep_waiting(work, msg, source, outcomes);
+            return Ok(Step::Stall);
+        }
         let failures = work
             .state
             .retry
@@ -760,7 +860,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                     outcomes[i] = Outcome::Released;
                     work.released.push(i);
                 }
-                return Step::Continue;
+                return Ok(Step::Continue);
             }
             Err(HandlerError::Retryable(e)) if failures + 1 < self.config.max_attempts => {
                 bump(&self.counters.handler_retries);
@@ -772,7 +872,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 });
                 work.dirty = true;
                 self.keep_waiting(work, msg, source, outcomes);
-                return Step::Stall;
+                return Ok(Step::Stall);
             }
             Err(HandlerError::Retryable(e) | HandlerError::Permanent(e)) => e,
         };
@@ -786,7 +886,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 if let Some(i) = source.index() {
                     outcomes[i] = outcome;
                 }
-                return Step::Continue;
+                return Ok(Step::Continue);
             }
         }
         bump(&self.counters.blocked);
@@ -799,7 +899,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         });
         work.dirty = true;
         self.keep_waiting(work, msg, source, outcomes);
-        Step::Stall
+        Ok(Step::Stall)
     }
 
     fn move_past(&self, work: &mut Work, seq: u64) {
@@ -918,8 +1018,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     /// gets it (one state write when a gap opens, none for later arrivals into the same
     /// gap); one whose cursor moved gets it worked out again.
     async fn note_waiting(&self, work: &mut Work, staged_since: Option<Millis>) -> Result<(), StoreError> {
-        let since = if work.state.next != work.start_next {
-            let stored = self.oldest_waiting(work).await?;
+        // A lease holder asks the store too: other workers may have staged meanwhile.
+        let since = if work.state.next != work.start_next || work.leased {
+            let stored = self.oldest_waiting(work, true).await?;
             [stored, staged_since].into_iter().flatten().min()
         } else {
             [work.state.waiting_since, staged_since].into_iter().flatten().min()
@@ -933,7 +1034,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
 
     /// Writes what the batch decided for one context: the messages still waiting, then
     /// the state. If either fails, nothing released in this batch is settled.
-    async fn finish<D: DeadLetterSink>(&self, mut work: Work, now: Millis, dlq: &D, outcomes: &mut [Outcome]) {
+    /// Returns whether the context must be drained again: with leases, a message may have
+    /// become releasable while this worker held the lease or waited for it (see `woken`).
+    async fn finish<D: DeadLetterSink>(&self, mut work: Work, now: Millis, dlq: &D, outcomes: &mut [Outcome]) -> bool {
         let mut staged_since: Option<Millis> = None;
         if work.failed.is_none() {
             let pending = std::mem::replace(&mut work.pending, SeqMap::new());
@@ -976,6 +1079,20 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         {
             work.failed = Some(err.to_string());
         }
+        if work.leased {
+            work.state.lease = None;
+        }
+        let lease_elsewhere = self.config.lease.as_ref().is_some_and(|mine| {
+            work.state
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.owner != mine.owner && now < l.until)
+        });
+        if (work.busy || lease_elsewhere) && !work.leased {
+            // The lease holder writes the state; a write here would only make its commit
+            // lose the version race. What this work staged, the holder or `woken` finds.
+            work.dirty = false;
+        }
         if work.failed.is_none() && work.dirty {
             work.state.updated_at = now;
             work.state.due_at = Some(self.due_at(&work.state));
@@ -1004,6 +1121,51 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             let unwritten = work.pending.values().map(|p| p.index);
             for i in work.released.iter().copied().chain(unwritten) {
                 outcomes[i] = Outcome::Held(Hold::Failed(err.clone()));
+            }
+            return false;
+        }
+        let staged_any = staged_since.is_some();
+        self.config.lease.is_some()
+            && (work.leased || work.busy || staged_any)
+            && self.woken(&work.context_id, now).await
+    }
+
+    /// The lost-wakeup check of the lease protocol. A holder gives the lease back in its
+    /// commit and then looks at the cursor's position; a worker that staged while another
+    /// held the lease looks at the state after staging. Each writes, then reads what the
+    /// other writes, so at least one of them sees the message that became releasable.
+    async fn woken(&self, context_id: &str, now: Millis) -> bool {
+        let Ok(Some(state)) = self.store.load(context_id).await else {
+            return false;
+        };
+        let held = state.lease.as_ref().is_some_and(|l| now < l.until);
+        let stalled = state.blocked.is_some() || state.retry.as_ref().is_some_and(|r| now < r.not_before);
+        if held || stalled {
+            return false;
+        }
+        let next = state.next;
+        self.store
+            .staged(context_id, next, next, 1)
+            .await
+            .is_ok_and(|found| !found.is_empty())
+    }
+
+    /// Releases what became releasable in a context outside any batch (after a wakeup),
+    /// again and again while more became releasable meanwhile: stopping early would strand
+    /// what others staged during this worker's lease. Each round releases something or
+    /// finds the lease taken (then its holder checks), so the loop ends when traffic does;
+    /// the bound only guards against a livelock.
+    async fn drain<H: Handler, D: DeadLetterSink>(&self, context_id: &str, handler: &H, dlq: &D) {
+        for _ in 0..10_000 {
+            let now = self.clock.now();
+            let mut work = self.load(context_id).await;
+            if work.failed.is_none()
+                && let Err(err) = self.advance(&mut work, now, handler, dlq, &mut []).await
+            {
+                work.failed = Some(err.to_string());
+            }
+            if !self.finish(work, now, dlq, &mut []).await {
+                return;
             }
         }
     }

@@ -255,3 +255,42 @@ pub trait StagingStore: Send + Sync {
     /// Makes every write so far durable.
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+/// Several engines (workers) may share one store.
+impl<S: StagingStore> StagingStore for std::sync::Arc<S> {
+    fn load(&self, context_id: &str) -> impl Future<Output = Result<Option<ContextState>, StoreError>> + Send {
+        (**self).load(context_id)
+    }
+    fn stage(
+        &self,
+        context_id: &str,
+        msg: &StagedMessage,
+    ) -> impl Future<Output = Result<StageOutcome, StoreError>> + Send {
+        (**self).stage(context_id, msg)
+    }
+    fn staged(
+        &self,
+        context_id: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StagedMessage>, StoreError>> + Send {
+        (**self).staged(context_id, from, to, limit)
+    }
+    fn waiting(&self, context_id: &str, from: u64) -> impl Future<Output = Result<Waiting, StoreError>> + Send {
+        (**self).waiting(context_id, from)
+    }
+    fn commit(
+        &self,
+        context_id: &str,
+        commit: &Commit,
+    ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send {
+        (**self).commit(context_id, commit)
+    }
+    fn due(&self, query: &DueQuery) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        (**self).due(query)
+    }
+    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).flush()
+    }
+}
