@@ -3,6 +3,10 @@
 # unit, property, conformance and integration tests, then the public acceptance
 # scenarios against the built binary. This is the README's test command; .ci/run calls it.
 #
+# It starts the local AWS stand-ins (scripts/emulators.sh: LocalStack for SQS, DynamoDB
+# Local; installed on first use) and stops them again on exit, so a fresh machine needs
+# nothing installed by hand.
+#
 # Environment:
 #   RESEQ_SCENARIOS   folder of the public scenarios (default: ../shared/scenarios)
 #   PROPTEST_CASES    property cases per property (each property asks for at least 256)
@@ -16,6 +20,17 @@ cargo fmt --all --check
 
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "local AWS stand-ins"
+if scripts/emulators.sh status >/dev/null 2>&1; then
+  echo "already running: leaving them running afterwards"
+else
+  trap 'scripts/emulators.sh stop >/dev/null 2>&1 || true' EXIT
+  scripts/emulators.sh start
+fi
+eval "$(scripts/emulators.sh env)"
+# Tests that need the stand-ins fail (rather than skip) when they are missing.
+export RESEQ_REQUIRE_EMULATORS=1
 
 step "tests"
 cargo nextest run --workspace --locked --no-fail-fast

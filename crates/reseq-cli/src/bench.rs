@@ -33,9 +33,13 @@ pub struct BenchArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// Run only one measurement: engine, run-sqlite or run-memory.
+    /// Run only one measurement: engine, run-sqlite, run-memory, or dynamodb (the write
+    /// cost against the table --table on the configured endpoint; not in the default set).
     #[arg(long)]
     pub only: Option<String>,
+    /// The DynamoDB table for --only dynamodb (created if missing).
+    #[arg(long, env = "RESEQ_TABLE", default_value = "reseq-bench")]
+    pub table: String,
 }
 
 /// Counts releases; does nothing else, so the engine's own cost is what is measured.
@@ -59,6 +63,9 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
         late: 0.0,
         seed: args.seed,
     };
+    if args.only.as_deref() == Some("dynamodb") {
+        return bench_dynamodb(&args);
+    }
     let traffic = spec.generate();
     let n = traffic.stream.len();
     println!(
@@ -162,6 +169,83 @@ fn bench_engine(args: &BenchArgs, traffic: &crate::traffic::Traffic, expected: u
     let released = count.0.load(std::sync::atomic::Ordering::Relaxed);
     anyhow::ensure!(released == expected, "the engine released {released} of {expected}");
     Ok(())
+}
+
+/// Requests and capacity per message against DynamoDB (Local), for three traffic shapes,
+/// without a lease (FIFO, group = context) and with one, in SQS-sized batches of 10.
+fn bench_dynamodb(args: &BenchArgs) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let config = reseq_dynamodb::DynamoConfig::default();
+        let client = reseq_dynamodb::load_client(&config).await;
+        reseq_dynamodb::create_table(&client, &args.table).await?;
+        println!(
+            "write cost against DynamoDB table {} ({} messages over {} contexts per row, batches of 10)",
+            args.table, args.messages, args.contexts
+        );
+        println!(
+            "  {:<24} {:<6} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "traffic", "lease", "writes/m", "WCU/m", "reads/m", "RCU/m", "msg/s"
+        );
+        let shapes = [
+            ("in order", 1, 0.0),
+            ("shuffled, window 16", 16, 0.0),
+            ("in order, 10% duplicates", 1, 0.10),
+        ];
+        for (round, (name, window, duplicates)) in shapes.into_iter().enumerate() {
+            for lease in [false, true] {
+                let spec = TrafficSpec {
+                    contexts: args.contexts,
+                    messages: args.messages,
+                    window,
+                    duplicates,
+                    missing: 0.0,
+                    late: 0.0,
+                    // A fresh seed per row gives fresh context ids: no row sees another's state.
+                    seed: args.seed * 100 + round as u64 * 2 + lease as u64,
+                };
+                let traffic = spec.generate();
+                let run = format!("{}-{}", std::process::id(), spec.seed);
+                let store = reseq_dynamodb::DynamoStore::new(client.clone(), &args.table, config.clone());
+                let lease = lease.then(|| reseq_core::engine::LeaseConfig {
+                    owner: "bench".into(),
+                    duration: reseq_core::Duration::from_secs(60),
+                });
+                let engine = Engine::new(
+                    store,
+                    SystemClock,
+                    EngineConfig {
+                        lease: lease.clone(),
+                        ..EngineConfig::default()
+                    },
+                );
+                let (count, dlq) = (Count::default(), RecordingDlq::new());
+                let started = Instant::now();
+                for chunk in traffic.stream.chunks(10) {
+                    let batch = chunk
+                        .iter()
+                        .map(|m| Envelope::new(format!("{run}/{}", context_id(m.context)), m.seq, json_line(*m)))
+                        .collect();
+                    let outcomes = engine.process(batch, &count, &dlq).await;
+                    anyhow::ensure!(outcomes.iter().all(|o| o.is_settled()), "unsettled: {outcomes:?}");
+                }
+                let secs = started.elapsed().as_secs_f64();
+                let cost = engine.store().cost();
+                let n = traffic.stream.len() as f64;
+                println!(
+                    "  {name:<24} {:<6} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.0}",
+                    if lease.is_some() { "yes" } else { "no" },
+                    cost.write_requests() as f64 / n,
+                    cost.write_units / n,
+                    cost.read_requests() as f64 / n,
+                    cost.read_units / n,
+                    n / secs
+                );
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn report(what: &str, n: usize, secs: f64) {

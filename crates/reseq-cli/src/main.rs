@@ -1,12 +1,14 @@
 //! # reseq
 //!
 //! The `reseq` command. Today: `run` (JSON lines in, ordered lines out, on the embedded
-//! store), `demo` (generated out-of-order traffic, verified) and `bench` (throughput).
+//! store), `demo` (generated out-of-order traffic, verified), `bench` (throughput) and
+//! `init` (the DynamoDB table and, for local use, the SQS queues).
 //! Every flag also reads an environment variable `RESEQ_<FLAG>`; a bad flag or value
 //! exits with code 2 and one line naming it.
 
 mod bench;
 mod demo;
+mod init;
 mod run;
 mod traffic;
 
@@ -34,6 +36,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure engine and `reseq run` throughput on generated traffic.
     Bench(bench::BenchArgs),
+    /// Create the DynamoDB table (and with --with-queues the SQS queues); idempotent.
+    Init(init::InitArgs),
 }
 
 /// The ordering flags shared by every command that runs the engine.
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Demo(args) => demo::main(args),
         Command::Bench(args) => bench::main(args),
+        Command::Init(args) => init::main(args),
     };
     match result {
         Ok(code) => code,

@@ -140,15 +140,21 @@ async fn the_state_says_when_a_sweep_must_come() {
         ..cfg()
     });
     rig.one("a", 1).await;
+    // 1_000_000 + 3_600_000, rounded up to a hundredth of the retention (36 s): the timer
+    // stays put across the commits of a busy context.
+    let expiry = Some(Millis(4_608_000));
+    assert_eq!(rig.state("a").await.due_at, expiry, "retention only");
+    rig.clock.advance(Duration::from_secs(5));
+    rig.one("a", 2).await;
     assert_eq!(
         rig.state("a").await.due_at,
-        Some(Millis(1_000_000 + 3_600_000)),
-        "retention only"
+        expiry,
+        "a later commit in the same bucket keeps it"
     );
-    rig.one("a", 3).await;
+    rig.one("a", 4).await;
     assert_eq!(
         rig.state("a").await.due_at,
-        Some(Millis(1_000_000 + 10_000)),
+        Some(Millis(1_005_000 + 10_000)),
         "the gap timeout"
     );
     rig.handler.fail("b", 1, vec![HandlerError::Permanent("x".into())]);
@@ -158,8 +164,8 @@ async fn the_state_says_when_a_sweep_must_come() {
     assert!(blocked.blocked.is_some());
     assert_eq!(
         blocked.due_at,
-        Some(Millis(1_000_000 + 3_600_000)),
-        "a blocked context skips no gap: only expiry"
+        Some(Millis(1_005_000 + 3_600_000)),
+        "blocked: no gap timer, only its waiting message expiring"
     );
 }
 
