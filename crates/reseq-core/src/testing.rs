@@ -158,6 +158,9 @@ pub struct CountingStore<S> {
     pub inner: S,
     counts: [AtomicU64; 7],
     failing: Mutex<Vec<Op>>,
+    /// The operation to fail once, after letting `nth` calls of it through.
+    armed: Mutex<Option<(Op, u32)>>,
+    fired: std::sync::atomic::AtomicBool,
 }
 
 impl<S> CountingStore<S> {
@@ -166,7 +169,21 @@ impl<S> CountingStore<S> {
             inner,
             counts: Default::default(),
             failing: Mutex::new(Vec::new()),
+            armed: Mutex::new(None),
+            fired: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The `nth` next call of `op` (0: the very next) fails, once.
+    pub fn arm_fault(&self, op: Op, nth: u32) {
+        *lock(&self.armed) = Some((op, nth));
+        self.fired.store(false, Relaxed);
+    }
+
+    /// Disarms; whether the armed fault fired since it was armed.
+    pub fn disarm_fault(&self) -> bool {
+        *lock(&self.armed) = None;
+        self.fired.swap(false, Relaxed)
     }
 
     pub fn count(&self, op: Op) -> u64 {
@@ -190,6 +207,16 @@ impl<S> CountingStore<S> {
         if lock(&self.failing).contains(&op) {
             return Err(StoreError::Unavailable(format!("injected fault on {op:?}")));
         }
+        let mut armed = lock(&self.armed);
+        if let Some((_, nth)) = armed.as_mut().filter(|(armed_op, _)| *armed_op == op) {
+            if *nth == 0 {
+                *armed = None;
+                self.fired.store(true, Relaxed);
+                return Err(StoreError::Unavailable(format!("injected one-time fault on {op:?}")));
+            }
+            *nth -= 1;
+        }
+        drop(armed);
         self.counts[OPS.iter().position(|o| *o == op).unwrap_or(0)].fetch_add(1, Relaxed);
         Ok(())
     }

@@ -20,16 +20,12 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use reseq_core::testing::{Op, RecordingDlq, RecordingHandler};
-use reseq_core::{
-    Commit, CommitOutcome, ContextState, DueQuery, Duration, Engine, EngineConfig, Envelope, ManualClock, Millis,
-    Outcome, StageOutcome, StagedMessage, StagingStore, StoreError, Waiting,
-};
+use reseq_core::testing::{CountingStore, Op, RecordingDlq, RecordingHandler};
+use reseq_core::{Duration, Engine, EngineConfig, Envelope, ManualClock, Millis, Outcome, StagingStore};
 use reseq_sqlite::SqliteStore;
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -53,86 +49,19 @@ fn config() -> ProptestConfig {
 }
 
 /// Wraps a store and fails the `nth` call (0-based) of one operation, once, while armed.
-struct Faulty<S> {
-    inner: S,
-    armed: Mutex<Option<Fault>>,
-    fired: AtomicBool,
-}
-
+/// One store call to fail once: the `nth` next call of `op`.
 #[derive(Clone, Copy, Debug)]
 struct Fault {
     op: Op,
     nth: u32,
 }
 
-impl<S> Faulty<S> {
-    fn new(inner: S) -> Faulty<S> {
-        Faulty {
-            inner,
-            armed: Mutex::new(None),
-            fired: AtomicBool::new(false),
+fn arm(store: &CountingStore<SqliteStore>, fault: Option<Fault>) {
+    match fault {
+        Some(f) => store.arm_fault(f.op, f.nth),
+        None => {
+            store.disarm_fault();
         }
-    }
-
-    fn arm(&self, fault: Option<Fault>) {
-        *self.armed.lock().unwrap() = fault;
-        self.fired.store(false, SeqCst);
-    }
-
-    /// Disarms; whether the fault fired since it was armed.
-    fn disarm(&self) -> bool {
-        *self.armed.lock().unwrap() = None;
-        self.fired.swap(false, SeqCst)
-    }
-
-    fn enter(&self, op: Op) -> Result<(), StoreError> {
-        let mut armed = self.armed.lock().unwrap();
-        if let Some(fault) = armed.as_mut().filter(|f| f.op == op) {
-            if fault.nth == 0 {
-                *armed = None;
-                self.fired.store(true, SeqCst);
-                return Err(StoreError::Unavailable(format!("injected fault on {op:?}")));
-            }
-            fault.nth -= 1;
-        }
-        Ok(())
-    }
-}
-
-impl<S: StagingStore> StagingStore for Faulty<S> {
-    async fn load(&self, context_id: &str) -> Result<Option<ContextState>, StoreError> {
-        self.enter(Op::Load)?;
-        self.inner.load(context_id).await
-    }
-    async fn stage(&self, context_id: &str, msg: &StagedMessage) -> Result<StageOutcome, StoreError> {
-        self.enter(Op::Stage)?;
-        self.inner.stage(context_id, msg).await
-    }
-    async fn staged(
-        &self,
-        context_id: &str,
-        from: u64,
-        to: u64,
-        limit: usize,
-    ) -> Result<Vec<StagedMessage>, StoreError> {
-        self.enter(Op::Staged)?;
-        self.inner.staged(context_id, from, to, limit).await
-    }
-    async fn waiting(&self, context_id: &str, from: u64) -> Result<Waiting, StoreError> {
-        self.enter(Op::Waiting)?;
-        self.inner.waiting(context_id, from).await
-    }
-    async fn commit(&self, context_id: &str, commit: &Commit) -> Result<CommitOutcome, StoreError> {
-        self.enter(Op::Commit)?;
-        self.inner.commit(context_id, commit).await
-    }
-    async fn due(&self, query: &DueQuery) -> Result<Vec<String>, StoreError> {
-        self.enter(Op::Due)?;
-        self.inner.due(query).await
-    }
-    async fn flush(&self) -> Result<(), StoreError> {
-        self.enter(Op::Flush)?;
-        self.inner.flush().await
     }
 }
 
@@ -177,7 +106,7 @@ impl Step {
     }
 }
 
-type Engine_ = Engine<Faulty<SqliteStore>, Arc<ManualClock>>;
+type Engine_ = Engine<CountingStore<SqliteStore>, Arc<ManualClock>>;
 
 /// The source, the downstream (the handler) and what was made durable, across restarts.
 struct World {
@@ -235,7 +164,7 @@ impl World {
     fn open(&mut self) {
         let store = SqliteStore::open(&self.path).unwrap();
         self.engine = Some(Engine::new(
-            Faulty::new(store),
+            CountingStore::new(store),
             self.clock.clone(),
             EngineConfig::default(),
         ));
@@ -348,9 +277,9 @@ impl World {
         let from = step.take_at % self.source.len();
         let to = (from + step.size).min(self.source.len());
         let batch: Vec<Msg> = self.source.drain(from..to).collect();
-        self.engine().store().arm(step.fault.filter(|f| f.op != Op::Flush));
+        arm(self.engine().store(), step.fault.filter(|f| f.op != Op::Flush));
         let outcomes = self.process(&batch).await?;
-        let mut fired = self.engine().store().disarm();
+        let mut fired = self.engine().store().disarm_fault();
         if step.crash == Crash::AfterProcess {
             self.put_back(batch, step.put_back_at);
             self.crash();
@@ -364,9 +293,9 @@ impl World {
                 batch
             );
         }
-        self.engine().store().arm(step.fault.filter(|f| f.op == Op::Flush));
+        arm(self.engine().store(), step.fault.filter(|f| f.op == Op::Flush));
         let flushed = self.flush().await;
-        fired |= self.engine().store().disarm();
+        fired |= self.engine().store().disarm_fault();
         if fired {
             self.epoch += 1;
         }
@@ -587,9 +516,9 @@ fn a_failed_read_does_not_settle_a_message_it_never_staged() {
     block_on(async {
         let mut world = World::new(vec![3], vec![(0, 3), (0, 1), (0, 2)]);
         let batch = world.source[..2].to_vec();
-        world.engine().store().arm(Some(Fault { op: Op::Staged, nth: 0 }));
+        world.engine().store().arm_fault(Op::Staged, 0);
         let outcomes = world.process(&batch).await.unwrap();
-        assert!(world.engine().store().disarm());
+        assert!(world.engine().store().disarm_fault());
         let staged = world
             .engine()
             .store()
