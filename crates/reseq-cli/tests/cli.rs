@@ -338,6 +338,17 @@ fn mixed_input() -> String {
     ])
 }
 
+/// What `mixed_input` releases, in order.
+fn mixed_released() -> String {
+    lines(&[
+        msg_body("a", 1, "m1"),
+        msg_body("a", 2, "m2"),
+        msg_body("a", 3, "m3"),
+        msg_body("b", 1, "n1"),
+        msg_body("b", 2, "n2"),
+    ])
+}
+
 #[test]
 fn input_file_gives_the_same_output_as_stdin() {
     let tmp = tempfile::tempdir().unwrap();
@@ -352,13 +363,7 @@ fn input_file_gives_the_same_output_as_stdin() {
     let from_file = run(&["--input", path_str(&file), "--dlq", path_str(&dlq_file)], b"");
     from_file.assert_success("--input");
 
-    let want = lines(&[
-        msg_body("a", 1, "m1"),
-        msg_body("a", 2, "m2"),
-        msg_body("a", 3, "m3"),
-        msg_body("b", 1, "n1"),
-        msg_body("b", 2, "n2"),
-    ]);
+    let want = mixed_released();
     assert_eq!(from_stdin.stdout_text(), want, "stdin output");
     assert_eq!(from_file.stdout_text(), want, "--input output");
     assert_eq!(dlq_records(&dlq_stdin), dlq_records(&dlq_file), "the DLQ files differ");
@@ -959,13 +964,7 @@ fn summary_goes_to_stderr_and_stdout_has_only_released_lines() {
     let dlq = tmp.path().join("s.dlq");
     let got = run(&["--dlq", path_str(&dlq)], mixed_input().as_bytes());
     got.assert_success("summary");
-    let want = lines(&[
-        msg_body("a", 1, "m1"),
-        msg_body("a", 2, "m2"),
-        msg_body("a", 3, "m3"),
-        msg_body("b", 1, "n1"),
-        msg_body("b", 2, "n2"),
-    ]);
+    let want = mixed_released();
     assert_eq!(got.stdout_text(), want, "stdout is exactly the released lines");
     assert!(got.stderr.contains("reseq run"), "a summary on stderr:\n{}", got.stderr);
     assert!(
