@@ -1088,6 +1088,11 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         if work.leased {
             work.state.lease = None;
         }
+        if work.state.due_at.is_some_and(|due| due <= now) {
+            // A sweep came for this context: whatever it did, its next time must be
+            // written, or every sweep would find it again.
+            work.dirty = true;
+        }
         let lease_elsewhere = self.config.lease.as_ref().is_some_and(|mine| {
             work.state
                 .lease

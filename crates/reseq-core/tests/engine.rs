@@ -578,3 +578,22 @@ async fn a_failed_read_does_not_settle_a_message_waiting_unwritten_in_the_batch(
     rig.engine.store().set_failing(Op::Staged, false);
     assert_eq!(rig.engine.store().inner.waiting("a", 0).await.unwrap().count, 0);
 }
+
+#[tokio::test]
+async fn a_sweep_moves_the_time_of_a_context_it_found_with_nothing_to_do() {
+    let rig = Rig::new(cfg());
+    let state = reseq_core::ContextState {
+        due_at: Some(Millis(1)),
+        updated_at: Millis(999_000),
+        ..reseq_core::ContextState::new(1)
+    };
+    let commit = reseq_core::Commit {
+        expected_version: 0,
+        state: Some(state),
+        remove_staged: vec![],
+    };
+    rig.engine.store().inner.commit("idle", &commit).await.unwrap();
+    assert_eq!(rig.sweep().await, 1);
+    assert_eq!(rig.sweep().await, 0, "not found again at once");
+    assert!(rig.state("idle").await.due_at.is_some_and(|t| t > Millis(1_000_000)));
+}
