@@ -239,7 +239,9 @@ pub trait StagingStore: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<StagedMessage>, StoreError>> + Send;
 
-    /// Count and age of the staged messages with `seq >= from`.
+    /// Count and age of the staged messages with `seq >= from`. For inspection (the admin
+    /// commands): the engine itself never asks, since on DynamoDB it reads every waiting
+    /// item; it keeps `waiting_since` in the state instead.
     fn waiting(&self, context_id: &str, from: u64) -> impl Future<Output = Result<Waiting, StoreError>> + Send;
 
     /// Conditional write of the state (see [`Commit`]).

@@ -30,7 +30,10 @@ async fn the_store_conforms_against_a_localstack_container() {
         .start()
         .await
         .expect("start the LocalStack container (is the Docker engine running?)");
-    let port = container.get_host_port_ipv4(4566).await.expect("LocalStack's mapped port");
+    let port = container
+        .get_host_port_ipv4(4566)
+        .await
+        .expect("LocalStack's mapped port");
     // SAFETY of set_var: this test binary runs this one test; nothing else reads the
     // environment concurrently.
     unsafe {
