@@ -313,6 +313,11 @@ struct Work {
     busy: bool,
     released: Vec<usize>,
     failed: Option<String>,
+    /// Stop releasing at this time (a Lambda invocation's deadline, less a margin).
+    deadline: Option<Millis>,
+    /// The deadline stopped a run: what is left waits, and the commit makes the context
+    /// due at once so that the next sweep carries on.
+    cut: bool,
 }
 
 enum Step {
@@ -369,6 +374,20 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         handler: &H,
         dlq: &D,
     ) -> Vec<Outcome> {
+        self.process_until(batch, handler, dlq, None).await
+    }
+
+    /// [`Engine::process`], but no release starts at or after `deadline`: a run cut short
+    /// stays staged and committed, its context due at once for the next sweep. A Lambda
+    /// function passes its invocation deadline (less a margin) so that a long run never
+    /// outlives the invocation.
+    pub async fn process_until<H: Handler, D: DeadLetterSink>(
+        &self,
+        batch: Vec<Envelope>,
+        handler: &H,
+        dlq: &D,
+        deadline: Option<Millis>,
+    ) -> Vec<Outcome> {
         let now = self.clock.now();
         let mut outcomes = vec![Outcome::Held(Hold::Failed(String::new())); batch.len()];
         // Which context each message belongs to, as an index into `works`, in order of
@@ -387,7 +406,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             bump(&self.counters.received);
             let work = match &mut works[slot] {
                 Some(work) => work,
-                empty => empty.insert(self.load(&env.context_id).await),
+                empty => empty.insert(self.load(&env.context_id, deadline).await),
             };
             if let Some(err) = &work.failed {
                 outcomes[index] = Outcome::Held(Hold::Failed(err.clone()));
@@ -406,7 +425,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             }
         }
         for context_id in woken {
-            self.drain(&context_id, handler, dlq).await;
+            self.drain(&context_id, handler, dlq, deadline).await;
         }
         for outcome in &outcomes {
             if !outcome.is_settled() {
@@ -425,12 +444,24 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         dlq: &D,
         limit: usize,
     ) -> Result<usize, StoreError> {
+        self.sweep_until(handler, dlq, limit, None).await
+    }
+
+    /// [`Engine::sweep`] with a release deadline, as in [`Engine::process_until`]. A context
+    /// cut short is due again at once: callers loop while time remains.
+    pub async fn sweep_until<H: Handler, D: DeadLetterSink>(
+        &self,
+        handler: &H,
+        dlq: &D,
+        limit: usize,
+        deadline: Option<Millis>,
+    ) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let query = DueQuery { now, limit };
         let due = self.store.due(&query).await?;
         let mut no_outcomes = Vec::new();
         for context_id in &due {
-            let mut work = self.load(context_id).await;
+            let mut work = self.load(context_id, deadline).await;
             if let Some(err) = work.failed.take() {
                 return Err(StoreError::Unavailable(err));
             }
@@ -442,13 +473,13 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 work.failed = Some(err.to_string());
             }
             if self.finish(work, now, dlq, &mut no_outcomes).await {
-                self.drain(context_id, handler, dlq).await;
+                self.drain(context_id, handler, dlq, deadline).await;
             }
         }
         Ok(due.len())
     }
 
-    async fn load(&self, context_id: &str) -> Work {
+    async fn load(&self, context_id: &str, deadline: Option<Millis>) -> Work {
         let (state, failed) = match self.store.load(context_id).await {
             Ok(Some(state)) => (state, None),
             Ok(None) => (ContextState::new(self.config.first_seq), None),
@@ -470,6 +501,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             busy: false,
             released: Vec::new(),
             failed,
+            deadline,
+            cut: false,
         }
     }
 
@@ -630,7 +663,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
 
     fn stalled(&self, work: &Work, now: Millis) -> bool {
         let state = &work.state;
-        work.busy || state.blocked.is_some() || state.retry.as_ref().is_some_and(|r| now < r.not_before)
+        work.busy || work.cut || state.blocked.is_some() || state.retry.as_ref().is_some_and(|r| now < r.not_before)
     }
 
     /// Takes the context's lease before the first release of a batch, folded into a
@@ -833,6 +866,12 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         dlq: &D,
         outcomes: &mut [Outcome],
     ) -> Result<Step, StoreError> {
+        if work.deadline.is_some_and(|deadline| self.clock.now() >= deadline) {
+            work.cut = true;
+            work.dirty = true;
+            self.keep_waiting(work, msg, source, outcomes);
+            return Ok(Step::Stall);
+        }
         if !self.acquire(work, now).await? {
             self.keep_waiting(work, msg, source, outcomes);
             return Ok(Step::Stall);
@@ -1106,7 +1145,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         }
         if work.failed.is_none() && work.dirty {
             work.state.updated_at = now;
-            work.state.due_at = Some(self.due_at(&work.state));
+            let due_at = self.due_at(&work.state);
+            work.state.due_at = Some(if work.cut { due_at.min(now) } else { due_at });
             let commit = Commit {
                 expected_version: work.loaded_version,
                 state: if work.forget { None } else { Some(work.state.clone()) },
@@ -1133,6 +1173,10 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             for i in work.released.iter().copied().chain(unwritten) {
                 outcomes[i] = Outcome::Held(Hold::Failed(err.clone()));
             }
+            return false;
+        }
+        if work.cut {
+            // Due at once: the next sweep carries on where the deadline stopped this one.
             return false;
         }
         let staged_any = staged_since.is_some();
@@ -1166,10 +1210,16 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     /// what others staged during this worker's lease. Each round releases something or
     /// finds the lease taken (then its holder checks), so the loop ends when traffic does;
     /// the bound only guards against a livelock.
-    async fn drain<H: Handler, D: DeadLetterSink>(&self, context_id: &str, handler: &H, dlq: &D) {
+    async fn drain<H: Handler, D: DeadLetterSink>(
+        &self,
+        context_id: &str,
+        handler: &H,
+        dlq: &D,
+        deadline: Option<Millis>,
+    ) {
         for _ in 0..10_000 {
             let now = self.clock.now();
-            let mut work = self.load(context_id).await;
+            let mut work = self.load(context_id, deadline).await;
             if work.failed.is_none()
                 && let Err(err) = self.advance(&mut work, now, handler, dlq, &mut []).await
             {

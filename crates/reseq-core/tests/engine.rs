@@ -597,3 +597,66 @@ async fn a_sweep_moves_the_time_of_a_context_it_found_with_nothing_to_do() {
     assert_eq!(rig.sweep().await, 0, "not found again at once");
     assert!(rig.state("idle").await.due_at.is_some_and(|t| t > Millis(1_000_000)));
 }
+
+/// A handler that takes `tick` of (manual) time per message, like a slow downstream.
+struct SlowHandler<'a> {
+    inner: &'a RecordingHandler,
+    clock: Arc<ManualClock>,
+    tick: Duration,
+}
+
+impl reseq_core::Handler for SlowHandler<'_> {
+    async fn handle(&self, msg: &reseq_core::Release<'_>) -> Result<(), HandlerError> {
+        self.clock.advance(self.tick);
+        reseq_core::Handler::handle(self.inner, msg).await
+    }
+}
+
+#[tokio::test]
+async fn a_deadline_stops_a_long_run_which_stays_staged_and_is_due_for_the_next_sweep() {
+    for lease in [
+        None,
+        Some(reseq_core::engine::LeaseConfig {
+            owner: "me".into(),
+            duration: Duration::from_secs(30),
+        }),
+    ] {
+        let rig = Rig::new(EngineConfig { lease, ..cfg() });
+        let slow = SlowHandler {
+            inner: &rig.handler,
+            clock: rig.clock.clone(),
+            tick: Duration::from_secs(1),
+        };
+        let start = reseq_core::Clock::now(&*rig.clock);
+        let batch: Vec<_> = (1..=10).map(|s| rig.msg("a", s)).collect();
+        let deadline = Some(start.plus(Duration::from_millis(3_500)));
+        let outcomes = rig.engine.process_until(batch, &slow, &rig.dlq, deadline).await;
+        assert_eq!(
+            rig.handler.seqs("a"),
+            vec![1, 2, 3, 4],
+            "no release starts after the deadline"
+        );
+        assert!(outcomes[..4].iter().all(|o| *o == Outcome::Released), "{outcomes:?}");
+        assert!(
+            outcomes[4..].iter().all(|o| *o == Outcome::Staged),
+            "the rest is staged: {outcomes:?}"
+        );
+        let state = rig.state("a").await;
+        assert_eq!(state.next, 5);
+        assert!(state.lease.is_none(), "the lease is given back");
+        assert!(
+            state.due_at.is_some_and(|due| due <= start),
+            "due at once: {:?}",
+            state.due_at
+        );
+        // A sweep with a deadline already passed releases nothing and leaves it due.
+        let passed = Some(reseq_core::Clock::now(&*rig.clock));
+        assert_eq!(rig.engine.sweep_until(&slow, &rig.dlq, 100, passed).await.unwrap(), 1);
+        assert_eq!(rig.handler.seqs("a").len(), 4);
+        // The next sweep with time to spare carries on in order.
+        assert_eq!(rig.sweep().await, 1);
+        assert_eq!(rig.handler.seqs("a"), (1..=10).collect::<Vec<_>>());
+        assert_eq!(rig.state("a").await.next, 11);
+        assert_eq!(rig.sweep().await, 0, "nothing is due any more");
+    }
+}
