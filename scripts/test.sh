@@ -31,6 +31,9 @@ else
   scripts/emulators.sh start
 fi
 eval "$(scripts/emulators.sh env)"
+# The Lambda tests drive the bootstrap through cargo-lambda's runtime emulator (pip, pinned).
+RESEQ_CARGO_LAMBDA="$(scripts/cargo-lambda.sh path)"
+export RESEQ_CARGO_LAMBDA
 # Tests that need the stand-ins fail (rather than skip) when they are missing.
 export RESEQ_REQUIRE_EMULATORS=1
 
@@ -45,5 +48,8 @@ if [ ! -x "$scenarios/run.sh" ]; then
   exit 1
 fi
 "$scenarios/run.sh" target/debug/reseq
+
+step "write cost of the end-to-end worker test (a)"
+cat target/e2e-write-cost.txt 2>/dev/null || echo "(not measured: the end-to-end test did not run)"
 
 step "all tests passed"

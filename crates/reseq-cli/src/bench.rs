@@ -12,9 +12,9 @@ use reseq_core::testing::RecordingDlq;
 use reseq_core::{Engine, EngineConfig, Envelope, Handler, HandlerError, MemoryStore, Release, SystemClock};
 use reseq_sqlite::SqliteStore;
 
-use crate::OrderingArgs;
 use crate::run::{DlqFile, RunArgs, execute};
 use crate::traffic::{TrafficSpec, context_id, json_line};
+use reseq_settings::OrderingArgs;
 
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -103,6 +103,8 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
             late: Default::default(),
             max_staged: 10_000,
             retention: reseq_core::Duration::from_secs(14 * 86_400),
+            max_attempts: 5,
+            on_poison: Default::default(),
         },
     };
     if wanted("run-sqlite") {

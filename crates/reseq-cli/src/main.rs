@@ -1,8 +1,9 @@
 //! # reseq
 //!
-//! The `reseq` command. Today: `run` (JSON lines in, ordered lines out, on the embedded
-//! store), `demo` (generated out-of-order traffic, verified), `bench` (throughput) and
-//! `init` (the DynamoDB table and, for local use, the SQS queues).
+//! The `reseq` command: `run` (JSON lines in, ordered lines out, on the embedded store),
+//! `worker` (the long-polling SQS worker on DynamoDB), `demo` (generated out-of-order
+//! traffic, verified), `bench` (throughput) and `init` (the DynamoDB table and, for local
+//! use, the SQS queues).
 //! Every flag also reads an environment variable `RESEQ_<FLAG>`; a bad flag or value
 //! exits with code 2 and one line naming it.
 
@@ -11,11 +12,11 @@ mod demo;
 mod init;
 mod run;
 mod traffic;
+mod worker;
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use reseq_core::{Duration, EngineConfig, LatePolicy};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -38,39 +39,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Create the DynamoDB table (and with --with-queues the SQS queues); idempotent.
     Init(init::InitArgs),
-}
-
-/// The ordering flags shared by every command that runs the engine.
-#[derive(Args, Clone, Debug)]
-pub struct OrderingArgs {
-    /// The first position of every context.
-    #[arg(long, env = "RESEQ_FIRST_SEQ", default_value_t = 1, value_name = "N")]
-    pub first_seq: u64,
-    /// Skip missing positions once the oldest waiting message has waited this long (e.g. 30s). Default: wait forever.
-    #[arg(long, env = "RESEQ_GAP_TIMEOUT", value_name = "DURATION")]
-    pub gap_timeout: Option<Duration>,
-    /// What to do with a message whose position was skipped: dlq, drop or deliver.
-    #[arg(long, env = "RESEQ_LATE", default_value = "dlq", value_name = "POLICY")]
-    pub late: LatePolicy,
-    /// Most messages one context may hold waiting; beyond that, out-of-order messages are held back.
-    #[arg(long, env = "RESEQ_MAX_STAGED", default_value_t = 10_000, value_name = "N")]
-    pub max_staged: u64,
-    /// How long records are kept: waiting messages older than this go to the DLQ (expired).
-    #[arg(long, env = "RESEQ_RETENTION", default_value = "14d", value_name = "DURATION")]
-    pub retention: Duration,
-}
-
-impl OrderingArgs {
-    pub fn engine_config(&self) -> EngineConfig {
-        EngineConfig {
-            first_seq: self.first_seq,
-            gap_timeout: self.gap_timeout,
-            late: self.late,
-            max_staged: self.max_staged,
-            retention: self.retention,
-            ..EngineConfig::default()
-        }
-    }
+    /// Consume an SQS queue: stage in DynamoDB, release in order to --output, dead-letter to --dlq-url.
+    Worker(worker::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +53,10 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::main(args),
         Command::Bench(args) => bench::main(args),
         Command::Init(args) => init::main(args),
+        Command::Worker(args) => {
+            init_logs();
+            worker::main(args)
+        }
     };
     match result {
         Ok(code) => code,
@@ -91,6 +65,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default: reseq's own at info, others at warn).
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,reseq=info,reseq_sqs=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }
 
 /// Help and version go to stdout with code 0; anything else is one line and code 2.

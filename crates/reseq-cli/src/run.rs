@@ -20,7 +20,7 @@ use reseq_core::{
 use reseq_sqlite::SqliteStore;
 use serde_json::json;
 
-use crate::OrderingArgs;
+use reseq_settings::OrderingArgs;
 
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {

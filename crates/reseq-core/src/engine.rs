@@ -83,7 +83,9 @@ pub struct EngineConfig {
 }
 
 /// Who this worker is, and how long a lease it takes lasts without renewal. The duration
-/// must exceed the time one batch takes to release.
+/// must exceed the time one batch takes to release. Each engine call that takes a lease
+/// holds it as `<owner>/<n>`, unique within the engine: concurrent calls of one engine
+/// (a worker's receive loops, its sweep) exclude each other as other workers do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseConfig {
     pub owner: String,
@@ -199,6 +201,8 @@ pub struct Engine<S, C> {
     clock: C,
     config: EngineConfig,
     counters: Counters,
+    /// Numbers the leases this engine's calls take (see [`LeaseConfig`]).
+    lease_calls: AtomicU64,
 }
 
 /// Where a message about to be released comes from: it decides which outcome to settle.
@@ -309,6 +313,9 @@ struct Work {
     forget: bool,
     /// This work took the context's lease: its commit gives it back.
     leased: bool,
+    /// The name this work holds a lease under: the configured owner and a number unique to
+    /// this engine, so that two calls of one engine never share a lease.
+    lease_holder: String,
     /// Another worker holds the lease: nothing is released, releasable messages wait.
     busy: bool,
     released: Vec<usize>,
@@ -332,11 +339,16 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             clock,
             config,
             counters: Counters::default(),
+            lease_calls: AtomicU64::new(0),
         }
     }
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    pub fn clock(&self) -> &C {
+        &self.clock
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -498,6 +510,10 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             remove_staged: Vec::new(),
             forget: false,
             leased: false,
+            lease_holder: match &self.config.lease {
+                Some(lease) => format!("{}/{}", lease.owner, self.lease_calls.fetch_add(1, Relaxed)),
+                None => String::new(),
+            },
             busy: false,
             released: Vec::new(),
             failed,
@@ -684,13 +700,13 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 .state
                 .lease
                 .as_ref()
-                .is_some_and(|l| l.owner != lease.owner && now < l.until)
+                .is_some_and(|l| l.owner != work.lease_holder && now < l.until)
             {
                 break;
             }
             let mut state = work.state.clone();
             state.lease = Some(Lease {
-                owner: lease.owner.clone(),
+                owner: work.lease_holder.clone(),
                 until: now.plus(lease.duration),
             });
             state.updated_at = now;
@@ -1132,12 +1148,12 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             // written, or every sweep would find it again.
             work.dirty = true;
         }
-        let lease_elsewhere = self.config.lease.as_ref().is_some_and(|mine| {
-            work.state
+        let lease_elsewhere = self.config.lease.is_some()
+            && work
+                .state
                 .lease
                 .as_ref()
-                .is_some_and(|l| l.owner != mine.owner && now < l.until)
-        });
+                .is_some_and(|l| l.owner != work.lease_holder && now < l.until);
         if (work.busy || lease_elsewhere) && !work.leased {
             // The lease holder writes the state; a write here would only make its commit
             // lose the version race. What this work staged, the holder or `woken` finds.

@@ -660,3 +660,52 @@ async fn a_deadline_stops_a_long_run_which_stays_staged_and_is_due_for_the_next_
         assert_eq!(rig.sweep().await, 0, "nothing is due any more");
     }
 }
+
+/// A handler that, while handling its first message, has the same engine process a second
+/// delivery of a message: two calls of one engine at once, as a worker's receive loops make.
+struct SecondDelivery<'a> {
+    rig: &'a Rig,
+    copy: std::sync::Mutex<Option<Envelope>>,
+    second: std::sync::Mutex<Vec<Outcome>>,
+}
+
+impl reseq_core::Handler for SecondDelivery<'_> {
+    async fn handle(&self, msg: &reseq_core::Release<'_>) -> Result<(), HandlerError> {
+        let copy = self.copy.lock().unwrap().take();
+        if let Some(copy) = copy {
+            let outcomes = self
+                .rig
+                .engine
+                .process(vec![copy], &self.rig.handler, &self.rig.dlq)
+                .await;
+            *self.second.lock().unwrap() = outcomes;
+        }
+        reseq_core::Handler::handle(&self.rig.handler, msg).await
+    }
+}
+
+#[tokio::test]
+async fn two_calls_of_one_engine_never_hold_a_context_lease_together() {
+    let lease = reseq_core::engine::LeaseConfig {
+        owner: "worker-1".into(),
+        duration: Duration::from_secs(30),
+    };
+    let rig = Rig::new(EngineConfig {
+        lease: Some(lease),
+        ..cfg()
+    });
+    let handler = SecondDelivery {
+        rig: &rig,
+        copy: std::sync::Mutex::new(Some(rig.msg("a", 1))),
+        second: std::sync::Mutex::new(Vec::new()),
+    };
+    let outcomes = rig.engine.process(vec![rig.msg("a", 1)], &handler, &rig.dlq).await;
+    assert_eq!(outcomes, vec![Outcome::Released]);
+    assert_eq!(
+        *handler.second.lock().unwrap(),
+        vec![Outcome::Staged],
+        "the second call finds the lease taken and only stages"
+    );
+    assert_eq!(rig.handler.seqs("a"), vec![1], "position 1 reached the handler once");
+    assert_eq!(rig.state("a").await.next, 2);
+}

@@ -1,0 +1,152 @@
+//! `reseq worker`: the long-polling SQS worker (SPEC §6) on the DynamoDB table, for ECS,
+//! EC2 or a laptop. The loop itself is `reseq_sqs::worker`; this file reads the flags,
+//! connects, handles SIGTERM/SIGINT, and prints what the worker did and what it cost.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use reseq_core::Duration;
+use reseq_settings::{ExtractArgs, OrderingArgs, SetupError, SqsArgs, connect_processor, lease_owner};
+use reseq_sqs::worker::{Worker, WorkerConfig};
+
+#[derive(Args, Clone, Debug)]
+pub struct WorkerArgs {
+    /// The SQS queue to consume (FIFO or standard).
+    #[arg(long, env = "RESEQ_QUEUE_URL", value_name = "URL")]
+    pub queue_url: String,
+    /// Receive loops, each with at most one batch of 10 in flight.
+    #[arg(long, env = "RESEQ_RECEIVERS", default_value_t = 4, value_name = "N")]
+    pub receivers: usize,
+    /// Long-polling wait of one receive (at most 20s).
+    #[arg(long, env = "RESEQ_WAIT_TIME", default_value = "20s", value_name = "DURATION")]
+    pub wait_time: Duration,
+    /// Visibility timeout of received messages, extended while their batch runs.
+    #[arg(
+        long,
+        env = "RESEQ_VISIBILITY_TIMEOUT",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
+    pub visibility_timeout: Duration,
+    /// How often timers (gap timeouts, retries, retention, dead workers' leases) are swept.
+    #[arg(long, env = "RESEQ_SWEEP_EVERY", default_value = "5s", value_name = "DURATION")]
+    pub sweep_every: Duration,
+    /// Exit once nothing was received, released or swept for this long (for scripts and tests).
+    #[arg(long, env = "RESEQ_EXIT_WHEN_IDLE", value_name = "DURATION")]
+    pub exit_when_idle: Option<Duration>,
+    #[command(flatten)]
+    pub sqs: SqsArgs,
+    #[command(flatten)]
+    pub extract: ExtractArgs,
+    #[command(flatten)]
+    pub ordering: OrderingArgs,
+}
+
+pub fn main(args: WorkerArgs) -> Result<ExitCode> {
+    if args.wait_time.0 > 20_000 {
+        eprintln!(
+            "reseq: invalid value '{}' for '--wait-time': SQS long polling waits at most 20s",
+            args.wait_time
+        );
+        return Ok(ExitCode::from(2));
+    }
+    if args.visibility_timeout.0 < 1000 || args.visibility_timeout.0 > 43_200_000 {
+        eprintln!(
+            "reseq: invalid value '{}' for '--visibility-timeout': SQS takes 1s to 12h",
+            args.visibility_timeout
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: WorkerArgs) -> Result<ExitCode> {
+    let owner = lease_owner("worker");
+    let (processor, sqs) = match connect_processor(&args.ordering, &args.extract, &args.sqs, owner).await {
+        Ok(connected) => connected,
+        Err(SetupError::Invalid(line)) => {
+            eprintln!("reseq: {line}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if args.sqs.dlq_url.is_none() {
+        tracing::warn!(
+            "no --dlq-url: conflicts, late and poison messages stay on the queue until its redrive policy moves them"
+        );
+    }
+    let config = WorkerConfig {
+        queue_url: args.queue_url.clone(),
+        receivers: args.receivers,
+        wait_time: args.wait_time,
+        visibility_timeout: args.visibility_timeout,
+        exit_when_idle: args.exit_when_idle,
+        sweep_every: args.sweep_every,
+        release_budget: args.sqs.release_budget(),
+    };
+    let worker = Worker::new(sqs, processor, config);
+    let started = Instant::now();
+    let report = worker.run(shutdown_signal()).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let processor = worker.processor();
+    let stats = processor.engine().stats();
+    let cost = processor.engine().store().cost();
+    eprintln!(
+        "reseq worker: stopped ({}) after {seconds:.1}s: {} received, {} deleted, {} left on the queue, {} invalid; \
+         {} released, {} staged, {} duplicates, {} dead-lettered, {} gaps skipped, {} contexts swept",
+        report.stopped_by,
+        report.received,
+        report.deleted,
+        report.left,
+        processor.invalid_count(),
+        stats.released,
+        stats.staged,
+        stats.duplicates,
+        stats.dead_lettered,
+        stats.gaps_skipped,
+        report.contexts_swept,
+    );
+    let per = |n: f64| {
+        if report.received == 0 {
+            0.0
+        } else {
+            n / report.received as f64
+        }
+    };
+    eprintln!(
+        "reseq worker: DynamoDB cost: {} writes ({:.1} WCU), {} reads ({:.1} RCU); per message received: {:.2} writes, \
+         {:.2} WCU, {:.2} reads",
+        cost.write_requests(),
+        cost.write_units,
+        cost.read_requests(),
+        cost.read_units,
+        per(cost.write_requests() as f64),
+        per(cost.write_units),
+        per(cost.read_requests() as f64),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM (ECS stopping a task) or Ctrl-C: stop receiving, finish what is in flight.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = terminate => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("stopping: finishing the batches in flight");
+}

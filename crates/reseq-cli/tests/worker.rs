@@ -1,0 +1,665 @@
+//! `reseq worker` end to end against the local stand-ins (scripts/emulators.sh): SQS
+//! queues on LocalStack, the staging table on DynamoDB Local, the real binary. Each test
+//! makes its own table and queues, sends traffic, runs workers until they are idle
+//! (`--exit-when-idle`), and checks what reached the output and the DLQ.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use reseq_core::StagingStore;
+
+mod common;
+use common::emulators;
+
+/// A table and input/DLQ/output FIFO queues of this test's own, made by `reseq init`.
+struct Setup {
+    name: String,
+    sqs: Client,
+    input: String,
+    dlq: String,
+    output: String,
+}
+
+impl Setup {
+    async fn new(test: &str, max_receive_count: u32) -> Setup {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("w-{test}-{}-{nanos:x}", std::process::id());
+        let out = Command::new(env!("CARGO_BIN_EXE_reseq"))
+            .args(["init", "--table", &name, "--with-queues", "--queue-prefix", &name])
+            .args(["--max-receive-count", &max_receive_count.to_string()])
+            .output()
+            .expect("run reseq init");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let url = |role: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("queue  {role:<6} ")))
+                .unwrap_or_else(|| panic!("no {role} queue in {stdout}"))
+                .to_string()
+        };
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Setup {
+            sqs: Client::new(&sdk),
+            input: url("input"),
+            dlq: url("dlq"),
+            output: url("output"),
+            name,
+        }
+    }
+
+    /// A standard (not FIFO) queue of this test.
+    async fn standard_queue(&self, suffix: &str) -> String {
+        let created = self
+            .sqs
+            .create_queue()
+            .queue_name(format!("{}-{suffix}", self.name))
+            .send()
+            .await
+            .expect("create a standard queue");
+        created.queue_url.expect("queue url")
+    }
+
+    /// `reseq worker` on `queue` to the output queue, with quick test timings, plus `extra`.
+    fn worker(&self, queue: &str, extra: &[&str]) -> Command {
+        self.worker_to(queue, &format!("sqs:{}", self.output), extra)
+    }
+
+    /// `reseq worker` as above, to another `--output`.
+    fn worker_to(&self, queue: &str, output: &str, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_reseq"));
+        cmd.args(["worker", "--queue-url", queue, "--table", &self.name])
+            .args(["--output", output, "--dlq-url", &self.dlq])
+            .args(["--wait-time", "1s", "--sweep-every", "500ms", "--exit-when-idle", "4s"])
+            .args(extra)
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    async fn store(&self) -> reseq_dynamodb::DynamoStore {
+        reseq_dynamodb::connect(&self.name, reseq_dynamodb::DynamoConfig::default())
+            .await
+            .expect("connect to the test table")
+    }
+}
+
+/// One message to send: its context, position and body; `group` is the FIFO group.
+#[derive(Clone, Debug)]
+struct Msg {
+    body: String,
+    group: String,
+    attributes: Vec<(&'static str, &'static str, String)>,
+}
+
+impl Msg {
+    fn new(context: &str, seq: u64, group: &str) -> Msg {
+        Msg {
+            body: format!("{{\"order\":\"{context}\",\"step\":{seq}}}"),
+            group: group.into(),
+            attributes: vec![
+                ("contextId", "String", context.to_string()),
+                ("sequence", "Number", seq.to_string()),
+            ],
+        }
+    }
+}
+
+/// Sends `messages` in order, 10 per request, each with a dedup id of its own (so that a
+/// resent copy is a new SQS message: the worker must drop it, not SQS).
+async fn send(sqs: &Client, queue: &str, messages: &[Msg]) {
+    static SENDS: AtomicU64 = AtomicU64::new(0);
+    let fifo = queue.ends_with(".fifo");
+    for (chunk_index, chunk) in messages.chunks(10).enumerate() {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut entry = SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(&m.body);
+                for (name, data_type, value) in &m.attributes {
+                    let value = MessageAttributeValue::builder()
+                        .data_type(*data_type)
+                        .string_value(value)
+                        .build()
+                        .unwrap();
+                    entry = entry.message_attributes(*name, value);
+                }
+                if fifo {
+                    entry = entry
+                        .message_group_id(&m.group)
+                        .message_deduplication_id(format!("{}-{chunk_index}-{i}", SENDS.fetch_add(1, Relaxed)));
+                }
+                entry.build().unwrap()
+            })
+            .collect();
+        let out = sqs
+            .send_message_batch()
+            .queue_url(queue)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .expect("send a batch");
+        assert!(out.failed.is_empty(), "{:?}", out.failed);
+    }
+}
+
+/// A message read back from a queue.
+#[derive(Clone, Debug)]
+struct Got {
+    body: String,
+    attributes: HashMap<String, String>,
+}
+
+impl Got {
+    fn context(&self) -> &str {
+        &self.attributes["contextId"]
+    }
+    fn seq(&self) -> u64 {
+        self.attributes["sequence"].parse().unwrap()
+    }
+}
+
+/// Reads and deletes everything on `queue` until three receives in a row come back empty.
+/// On a FIFO queue, deleting each batch before the next receive keeps each group's order.
+async fn drain(sqs: &Client, queue: &str) -> Vec<Got> {
+    let mut got = Vec::new();
+    let mut empty = 0;
+    while empty < 3 {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .expect("receive");
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            empty += 1;
+            continue;
+        }
+        empty = 0;
+        for m in messages {
+            let attributes = m
+                .message_attributes
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(k, v)| v.string_value.map(|s| (k, s)))
+                .collect();
+            got.push(Got {
+                body: m.body.clone().unwrap_or_default(),
+                attributes,
+            });
+            sqs.delete_message()
+                .queue_url(queue)
+                .receipt_handle(m.receipt_handle.unwrap())
+                .send()
+                .await
+                .expect("delete");
+        }
+    }
+    got
+}
+
+/// Per context, the positions in the order the output received them.
+fn by_context(got: &[Got]) -> BTreeMap<String, Vec<u64>> {
+    let mut map: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for g in got {
+        map.entry(g.context().to_string()).or_default().push(g.seq());
+    }
+    map
+}
+
+fn finish(child: Child) -> (String, String) {
+    let out: Output = child.wait_with_output().expect("wait for the worker");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "worker failed: {stderr}");
+    (stdout, stderr)
+}
+
+fn run_worker(mut cmd: Command) -> (String, String) {
+    finish(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the worker"),
+    )
+}
+
+/// A number from the worker's summary line: `… 17 released, …`.
+fn summary_count(stderr: &str, what: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("reseq worker: stopped"))
+        .unwrap_or_else(|| panic!("no summary in {stderr}"));
+    line.split([':', ',', ';'])
+        .find_map(|part| part.trim().strip_suffix(what).and_then(|n| n.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no '{what}' in {line}"))
+}
+
+async fn assert_nothing_waits(store: &reseq_dynamodb::DynamoStore, ends: &BTreeMap<String, u64>) {
+    for (context, last) in ends {
+        let state = store.load(context).await.unwrap().expect("context state");
+        assert_eq!(state.next, last + 1, "context {context} ends at {last}");
+        let waiting = store.staged(context, state.next, u64::MAX, 1).await.unwrap();
+        assert!(waiting.is_empty(), "context {context} still has messages waiting");
+    }
+}
+
+/// (a) The issue's main case: 5,000 messages over 200 contexts from several producers, each
+/// its own FIFO group, so a context's messages arrive interleaved and out of order; 2%
+/// sent twice with new dedup ids. Every context reaches the output complete, in order and
+/// once, nothing is left waiting, and the worker prints its DynamoDB write cost.
+#[tokio::test]
+async fn five_thousand_messages_from_several_producers_come_out_complete_in_order_once() {
+    if emulators().is_none() {
+        return;
+    }
+    let setup = Setup::new("a", 5).await;
+    let (contexts, per_context, producers) = (200u64, 25u64, 5);
+    let mut rng = SmallRng::seed_from_u64(4);
+    // Each producer gets a random share of every context's positions, in its own order.
+    let mut streams: Vec<Vec<Msg>> = vec![Vec::new(); producers];
+    for c in 0..contexts {
+        for seq in 1..=per_context {
+            let producer = rng.random_range(0..producers);
+            let msg = Msg::new(&format!("order-{c}"), seq, &format!("producer-{producer}"));
+            streams[producer].push(msg);
+        }
+    }
+    for stream in &mut streams {
+        stream.shuffle(&mut rng);
+        let copies: Vec<Msg> = stream.iter().filter(|_| rng.random_bool(0.02)).cloned().collect();
+        for copy in copies {
+            let at = rng.random_range(0..=stream.len());
+            stream.insert(at, copy);
+        }
+    }
+    // The producers publish side by side: their messages interleave on the queue.
+    let mut all = Vec::new();
+    let longest = streams.iter().map(Vec::len).max().unwrap();
+    for i in (0..longest).step_by(10) {
+        for stream in &streams {
+            all.extend(stream.iter().skip(i).take(10).cloned());
+        }
+    }
+    let sent = all.len();
+    send(&setup.sqs, &setup.input, &all).await;
+
+    let started = Instant::now();
+    let (_, stderr) = run_worker(setup.worker(&setup.input, &["--receivers", "4"]));
+    let elapsed = started.elapsed();
+    let got = drain(&setup.sqs, &setup.output).await;
+    let released = by_context(&got);
+    assert_eq!(released.len(), contexts as usize);
+    for (context, seqs) in &released {
+        assert_eq!(seqs, &(1..=per_context).collect::<Vec<_>>(), "context {context}");
+    }
+    assert_eq!(
+        summary_count(&stderr, "released"),
+        contexts * per_context,
+        "each position reached the handler once: {stderr}"
+    );
+    assert_eq!(summary_count(&stderr, "deleted"), sent as u64, "{stderr}");
+    let ends = released.keys().map(|c| (c.clone(), per_context)).collect();
+    assert_nothing_waits(&setup.store().await, &ends).await;
+    assert!(
+        drain(&setup.sqs, &setup.input).await.is_empty(),
+        "the input queue is empty"
+    );
+
+    let cost = stderr
+        .lines()
+        .find(|l| l.contains("DynamoDB cost"))
+        .expect("the worker prints its write cost");
+    let report = format!(
+        "e2e (a): {sent} messages ({} duplicates) over {contexts} contexts from {producers} FIFO groups, \
+         worker with 4 receivers, {:.1}s\n{cost}\n",
+        sent as u64 - contexts * per_context,
+        elapsed.as_secs_f64()
+    );
+    eprintln!("{report}");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/e2e-write-cost.txt");
+    let _ = std::fs::write(target, report);
+}
+
+/// (b) Malformed messages reach the DLQ by redrive (the default), untouched; with
+/// `--invalid dlq` the worker sends them there itself with reseqReason. Valid messages of
+/// the same contexts are not held up.
+#[tokio::test]
+async fn malformed_messages_reach_the_dlq_and_valid_ones_of_their_contexts_go_through() {
+    if emulators().is_none() {
+        return;
+    }
+    let setup = Setup::new("b", 2).await;
+    let mut messages: Vec<Msg> = (1..=5).map(|s| Msg::new("bad-neighbour", s, "g")).collect();
+    let mut no_seq = Msg::new("bad-neighbour", 0, "g");
+    no_seq.attributes.retain(|(name, _, _)| *name == "contextId");
+    no_seq.body = "no sequence here".into();
+    let mut bad_seq = Msg::new("bad-neighbour", 0, "g");
+    bad_seq.attributes[1] = ("sequence", "String", "three".into());
+    bad_seq.body = "a sequence that is not a number".into();
+    messages.insert(1, no_seq);
+    messages.insert(3, bad_seq);
+    send(&setup.sqs, &setup.input, &messages).await;
+    // Redrive: the invalid messages stay until SQS moves them (maxReceiveCount 2).
+    let (_, stderr) = run_worker(setup.worker(&setup.input, &["--visibility-timeout", "1s"]));
+    let released = by_context(&drain(&setup.sqs, &setup.output).await);
+    assert_eq!(released["bad-neighbour"], vec![1, 2, 3, 4, 5], "{stderr}");
+    let redriven = drain(&setup.sqs, &setup.dlq).await;
+    let mut bodies: Vec<&str> = redriven.iter().map(|g| g.body.as_str()).collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        vec!["a sequence that is not a number", "no sequence here"],
+        "{stderr}"
+    );
+    assert!(
+        redriven.iter().all(|g| !g.attributes.contains_key("reseqReason")),
+        "moved by SQS, untouched"
+    );
+
+    // --invalid dlq: the worker dead-letters them itself, with the reason, at once.
+    let mut more: Vec<Msg> = (6..=7).map(|s| Msg::new("bad-neighbour", s, "g")).collect();
+    let mut bad = Msg::new("bad-neighbour", 0, "g");
+    bad.attributes.truncate(1);
+    bad.body = "missing again".into();
+    more.insert(1, bad);
+    send(&setup.sqs, &setup.input, &more).await;
+    let (_, stderr) = run_worker(setup.worker(&setup.input, &["--invalid", "dlq"]));
+    assert_eq!(summary_count(&stderr, "invalid"), 1, "{stderr}");
+    let released = by_context(&drain(&setup.sqs, &setup.output).await);
+    assert_eq!(released["bad-neighbour"], vec![6, 7]);
+    let letters = drain(&setup.sqs, &setup.dlq).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].body, "missing again");
+    assert_eq!(letters[0].attributes["reseqReason"], "missing-sequence");
+    assert!(!letters[0].attributes["reseqDetail"].is_empty());
+}
+
+/// (c) Three workers on a standard queue (no order at all, any worker any message) over
+/// the same contexts: the per-context lease keeps order and completeness.
+#[tokio::test]
+async fn three_workers_on_a_standard_queue_keep_every_context_in_order() {
+    if emulators().is_none() {
+        return;
+    }
+    let setup = Setup::new("c", 5).await;
+    let queue = setup.standard_queue("std").await;
+    let (contexts, per_context) = (30u64, 20u64);
+    let mut rng = SmallRng::seed_from_u64(7);
+    let mut all: Vec<Msg> = (0..contexts)
+        .flat_map(|c| (1..=per_context).map(move |s| Msg::new(&format!("acct-{c}"), s, "")))
+        .collect();
+    all.shuffle(&mut rng);
+    send(&setup.sqs, &queue, &all).await;
+    // Each worker prints what it releases: every release of every worker is seen, so a
+    // position released twice, or after a later one, cannot hide behind the output
+    // queue's deduplication.
+    let workers: Vec<Child> = (0..3)
+        .map(|_| {
+            setup
+                .worker_to(&queue, "stdout", &["--receivers", "2"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start a worker")
+        })
+        .collect();
+    let outputs: Vec<(String, String)> = workers.into_iter().map(finish).collect();
+    let summaries: Vec<&str> = outputs.iter().map(|(_, stderr)| stderr.as_str()).collect();
+    let mut releases: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
+    for (stdout, _) in &outputs {
+        for line in stdout.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            let context = v["contextId"].as_str().unwrap().to_string();
+            releases
+                .entry(context)
+                .or_default()
+                .push((v["sequence"].as_u64().unwrap(), v["prevSequence"].as_u64()));
+        }
+    }
+    assert_eq!(releases.len(), contexts as usize);
+    for (context, seen) in &mut releases {
+        seen.sort();
+        // Once each, and each released right after its predecessor: the workers' lines
+        // interleave arbitrarily, but `prevSequence` records what the context had released.
+        let expected: Vec<(u64, Option<u64>)> = (1..=per_context).map(|s| (s, (s > 1).then(|| s - 1))).collect();
+        assert_eq!(seen, &expected, "context {context}: {summaries:?}");
+    }
+    let released: u64 = summaries.iter().map(|s| summary_count(s, "released")).sum();
+    assert_eq!(
+        released,
+        contexts * per_context,
+        "once across the workers: {summaries:?}"
+    );
+    assert!(
+        summaries.iter().filter(|s| summary_count(s, "released") > 0).count() >= 2,
+        "the work was shared: {summaries:?}"
+    );
+    let ends = releases.keys().map(|c| (c.clone(), per_context)).collect();
+    assert_nothing_waits(&setup.store().await, &ends).await;
+}
+
+/// (d) A worker killed with SIGKILL mid-run, then restarted: nothing is lost and nothing is
+/// released out of order. The kill may repeat the run that was in flight; the output
+/// queue's dedup id (`<context>:<seq>`) drops such a repeat.
+#[tokio::test]
+async fn a_worker_killed_mid_run_and_restarted_loses_nothing_and_keeps_order() {
+    if emulators().is_none() {
+        return;
+    }
+    let setup = Setup::new("d", 10).await;
+    let (contexts, per_context) = (40u64, 25u64);
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut all: Vec<Msg> = (0..contexts)
+        .flat_map(|c| (1..=per_context).map(move |s| Msg::new(&format!("kill-{c}"), s, &format!("p{}", s % 3))))
+        .collect();
+    all.shuffle(&mut rng);
+    send(&setup.sqs, &setup.input, &all).await;
+    // Short lease and visibility: the restarted worker takes over the dead one's contexts
+    // and messages within seconds.
+    let quick = [
+        "--lease-duration",
+        "4s",
+        "--visibility-timeout",
+        "3s",
+        "--receivers",
+        "2",
+    ];
+    let mut first = setup
+        .worker(&setup.input, &quick)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the worker");
+    // Kill it once part of the output is out.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = setup
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&setup.output)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .unwrap();
+        let n: u64 = out
+            .attributes
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages).cloned())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if n >= 150 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().expect("SIGKILL the worker");
+    let _ = first.wait();
+    let (_, stderr) = run_worker(setup.worker(&setup.input, &quick));
+    let got = by_context(&drain(&setup.sqs, &setup.output).await);
+    assert_eq!(got.len(), contexts as usize, "{stderr}");
+    for (context, seqs) in &got {
+        assert_eq!(
+            seqs,
+            &(1..=per_context).collect::<Vec<_>>(),
+            "context {context}: {stderr}"
+        );
+    }
+    let ends = got.keys().map(|c| (c.clone(), per_context)).collect();
+    assert_nothing_waits(&setup.store().await, &ends).await;
+}
+
+/// A tiny HTTP target: answers 400 to any body containing "poison", 200 otherwise, and
+/// records what it accepted (context, sequence) in arrival order.
+/// What the HTTP target accepted: (context, sequence) in arrival order.
+type Accepted = Arc<Mutex<Vec<(String, u64)>>>;
+
+fn http_target() -> (String, Accepted) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let record = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = HashMap::new();
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                }
+            }
+            let length: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let poison = String::from_utf8_lossy(&body).contains("poison");
+            let status = if poison { "400 Bad Request" } else { "200 OK" };
+            if !poison {
+                let context = headers.get("reseq-context-id").cloned().unwrap_or_default();
+                let seq = headers.get("reseq-sequence").and_then(|v| v.parse().ok()).unwrap_or(0);
+                record.lock().unwrap().push((context, seq));
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    (url, accepted)
+}
+
+/// (e) A handler that fails permanently: `--on-poison block` holds the context at that
+/// message (nothing after it is released); `--on-poison skip` dead-letters it as
+/// handler-failed and moves on. Other contexts are unaffected either way.
+#[tokio::test]
+async fn a_permanent_handler_failure_blocks_the_context_or_is_skipped_to_the_dlq() {
+    if emulators().is_none() {
+        return;
+    }
+    for policy in ["block", "skip"] {
+        let setup = Setup::new(&format!("e{policy}"), 5).await;
+        let mut messages = Vec::new();
+        for seq in 1..=4 {
+            let mut m = Msg::new("sick", seq, "g1");
+            if seq == 2 {
+                m.body = "{\"poison\":true}".into();
+            }
+            messages.push(m);
+            messages.push(Msg::new("healthy", seq, "g2"));
+        }
+        send(&setup.sqs, &setup.input, &messages).await;
+        let (url, accepted) = http_target();
+        let (_, stderr) = run_worker(setup.worker_to(&setup.input, &url, &["--on-poison", policy]));
+        let accepted = accepted.lock().unwrap().clone();
+        let seqs = |ctx: &str| -> Vec<u64> { accepted.iter().filter(|(c, _)| c == ctx).map(|(_, s)| *s).collect() };
+        assert_eq!(seqs("healthy"), vec![1, 2, 3, 4], "{policy}: {stderr}");
+        let letters = drain(&setup.sqs, &setup.dlq).await;
+        let state = setup.store().await.load("sick").await.unwrap().expect("state");
+        if policy == "block" {
+            assert_eq!(
+                seqs("sick"),
+                vec![1],
+                "block: nothing after the poison message: {stderr}"
+            );
+            assert_eq!(state.blocked.as_ref().map(|b| b.seq), Some(2), "blocked at 2");
+            assert!(letters.is_empty());
+        } else {
+            assert_eq!(seqs("sick"), vec![1, 3, 4], "skip: the context moves on: {stderr}");
+            assert_eq!(letters.len(), 1, "{stderr}");
+            assert_eq!(letters[0].attributes["reseqReason"], "handler-failed");
+            assert!(letters[0].attributes["reseqDetail"].contains("400"), "{:?}", letters[0]);
+            assert_eq!(state.next, 5);
+        }
+    }
+}
+
+/// (f) A gap that is never filled is skipped after --gap-timeout although no new message
+/// arrives for that context: the worker's timer sweep fires it. Output on stdout.
+#[tokio::test]
+async fn a_gap_never_filled_is_skipped_after_the_gap_timeout_without_new_traffic() {
+    if emulators().is_none() {
+        return;
+    }
+    let setup = Setup::new("f", 5).await;
+    let messages: Vec<Msg> = [1, 2, 4, 5].iter().map(|&s| Msg::new("gappy", s, "g")).collect();
+    send(&setup.sqs, &setup.input, &messages).await;
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_reseq"));
+    worker
+        .args([
+            "worker",
+            "--queue-url",
+            &setup.input,
+            "--table",
+            &setup.name,
+            "--output",
+            "stdout",
+        ])
+        .args([
+            "--wait-time",
+            "1s",
+            "--sweep-every",
+            "500ms",
+            "--exit-when-idle",
+            "4s",
+            "--gap-timeout",
+            "2s",
+        ])
+        .env("RUST_LOG", "warn");
+    let started = Instant::now();
+    let (stdout, stderr) = run_worker(worker);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seqs: Vec<u64> = lines.iter().map(|v| v["sequence"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2, 4, 5], "{stderr}");
+    assert_eq!(lines[2]["prevSequence"], 2);
+    assert_eq!(summary_count(&stderr, "gaps skipped"), 1, "{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before the gap timeout"
+    );
+    let state = setup.store().await.load("gappy").await.unwrap().expect("state");
+    assert_eq!(state.next, 6);
+    assert!(state.is_skipped(3));
+}

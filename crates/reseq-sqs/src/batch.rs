@@ -1,0 +1,266 @@
+//! One batch of SQS messages through the engine, shared by the worker and the Lambda
+//! function: extraction, invalid messages (`--invalid`), the contexts of the batch run
+//! side by side (each context in order, in one engine call), and one [`Verdict`] per
+//! message saying whether it may be deleted from the queue.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use futures_util::future::join_all;
+use reseq_core::{
+    Clock, DeadLetter, DeadLetterSink, Engine, Envelope, Extractor, Handler, Hold, Millis, Outcome, RawMessage, Reason,
+    Rejection, StagingStore, StoreError,
+};
+
+/// What happens to a message whose context id or position is missing or malformed
+/// (`--invalid`, SPEC §1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InvalidPolicy {
+    /// Leave it undeleted: the queue's redrive policy moves it to the queue's DLQ after
+    /// `maxReceiveCount` receives.
+    #[default]
+    Redrive,
+    /// Send it to `--dlq-url` with `reseqReason`/`reseqDetail`, then delete it.
+    Dlq,
+}
+
+impl FromStr for InvalidPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "redrive" => Ok(InvalidPolicy::Redrive),
+            "dlq" => Ok(InvalidPolicy::Dlq),
+            _ => Err(format!("{s:?} is not an invalid-message policy: use redrive or dlq")),
+        }
+    }
+}
+
+/// What became of one message of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The engine settled it (released, staged, duplicate, dead-lettered, dropped).
+    Settled(Outcome),
+    /// Invalid, and sent to the DLQ by `--invalid dlq`.
+    Rejected(Reason),
+    /// Invalid, and left for the queue's redrive policy (or the DLQ could not take it).
+    Invalid(Rejection),
+    /// Not settled: SQS delivers it again.
+    Held(Hold),
+}
+
+impl Verdict {
+    /// Whether the message may be deleted from the queue: only once it is durably staged,
+    /// released and committed, or in a dead-letter queue (SPEC §4, no loss).
+    pub fn deletable(&self) -> bool {
+        matches!(self, Verdict::Settled(_) | Verdict::Rejected(_))
+    }
+}
+
+/// The engine, its handler and DLQ, and how to read and reject SQS messages.
+pub struct Processor<S, C, H, D> {
+    engine: Engine<S, C>,
+    extractor: Extractor,
+    handler: H,
+    dlq: D,
+    invalid: InvalidPolicy,
+    invalid_count: AtomicU64,
+}
+
+impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H, D> {
+    pub fn new(engine: Engine<S, C>, extractor: Extractor, handler: H, dlq: D, invalid: InvalidPolicy) -> Self {
+        Processor {
+            engine,
+            extractor,
+            handler,
+            dlq,
+            invalid,
+            invalid_count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine<S, C> {
+        &self.engine
+    }
+
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Invalid messages seen since start.
+    pub fn invalid_count(&self) -> u64 {
+        self.invalid_count.load(Relaxed)
+    }
+
+    /// Processes one batch; one verdict per message, in the same order. No release starts
+    /// at or after `deadline`. Everything settled is durable when this returns.
+    pub async fn process(&self, batch: Vec<RawMessage>, deadline: Option<Millis>) -> Vec<Verdict> {
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
+        // The batch's contexts in order of first appearance, each with its messages in
+        // arrival order and their indexes in the batch.
+        let mut slots: HashMap<String, usize> = HashMap::new();
+        let mut groups: Vec<(Vec<usize>, Vec<Envelope>)> = Vec::new();
+        for (index, raw) in batch.into_iter().enumerate() {
+            match self.extractor.extract(raw.clone()) {
+                Ok(env) => {
+                    let next_slot = slots.len();
+                    let slot = *slots.entry(env.context_id.clone()).or_insert(next_slot);
+                    if slot == groups.len() {
+                        groups.push((Vec::new(), Vec::new()));
+                    }
+                    groups[slot].0.push(index);
+                    groups[slot].1.push(env);
+                }
+                Err(rejection) => verdicts[index] = Some(self.reject(&raw, rejection).await),
+            }
+        }
+        let runs = groups.into_iter().map(|(indexes, envelopes)| async move {
+            let outcomes = self
+                .engine
+                .process_until(envelopes, &self.handler, &self.dlq, deadline)
+                .await;
+            (indexes, outcomes)
+        });
+        let flushed = {
+            let results = join_all(runs).await;
+            let flushed = self.engine.store().flush().await;
+            for (indexes, outcomes) in results {
+                for (index, outcome) in indexes.into_iter().zip(outcomes) {
+                    verdicts[index] = Some(match outcome {
+                        Outcome::Held(hold) => Verdict::Held(hold),
+                        settled => Verdict::Settled(settled),
+                    });
+                }
+            }
+            flushed
+        };
+        if let Err(err) = flushed {
+            // Nothing the engine decided is durable: delete none of it.
+            for verdict in verdicts.iter_mut() {
+                if let Some(Verdict::Settled(_)) = verdict {
+                    *verdict = Some(Verdict::Held(Hold::Failed(err.to_string())));
+                }
+            }
+        }
+        verdicts
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| Verdict::Held(Hold::Failed("not processed".into()))))
+            .collect()
+    }
+
+    /// Fires the timers of contexts that are due (gap timeouts, retries, retention, the
+    /// lease of a dead worker), through the store's due index, until none is left or the
+    /// deadline passes. Returns how many contexts it looked at.
+    pub async fn sweep(&self, page: usize, deadline: Option<Millis>) -> Result<usize, StoreError> {
+        let page = page.max(1);
+        let mut total = 0;
+        loop {
+            let found = self
+                .engine
+                .sweep_until(&self.handler, &self.dlq, page, deadline)
+                .await?;
+            self.engine.store().flush().await?;
+            total += found;
+            let out_of_time = deadline.is_some_and(|d| self.engine_now() >= d);
+            if found < page || out_of_time {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn engine_now(&self) -> Millis {
+        self.engine.clock().now()
+    }
+
+    async fn reject(&self, raw: &RawMessage, rejection: Rejection) -> Verdict {
+        self.invalid_count.fetch_add(1, Relaxed);
+        tracing::warn!(
+            message_id = %raw.message_id,
+            reason = %rejection.reason,
+            detail = %rejection.detail,
+            "invalid message"
+        );
+        if self.invalid == InvalidPolicy::Redrive {
+            return Verdict::Invalid(rejection);
+        }
+        // An invalid message has no usable context: its FIFO group stands in for it, so
+        // that a FIFO DLQ keeps the group's order.
+        let letter = DeadLetter {
+            context_id: raw.group_id.as_deref().unwrap_or(""),
+            seq: 0,
+            message_id: &raw.message_id,
+            body: &raw.body,
+            attributes: &raw.attributes,
+            reason: rejection.reason,
+            detail: &rejection.detail,
+        };
+        match self.dlq.dead_letter(&letter).await {
+            Ok(()) => Verdict::Rejected(rejection.reason),
+            Err(err) => {
+                tracing::warn!(message_id = %raw.message_id, error = %err, "invalid message not dead-lettered; left for redrive");
+                Verdict::Invalid(rejection)
+            }
+        }
+    }
+}
+
+/// The ids a Lambda partial batch response reports as failed, with FIFO semantics (SPEC
+/// §6): a record that may not be deleted fails, and so does every later record of the
+/// same message group, so that the group's order holds when SQS delivers them again.
+/// Records without a group (a standard queue) fail alone.
+pub fn failed_records<'a>(records: &[(&'a str, Option<&'a str>)], verdicts: &[Verdict]) -> Vec<&'a str> {
+    let mut failed_groups: Vec<&str> = Vec::new();
+    let mut failed = Vec::new();
+    for (&(message_id, group), verdict) in records.iter().zip(verdicts) {
+        let group_failed = group.is_some_and(|g| failed_groups.contains(&g));
+        if group_failed || !verdict.deletable() {
+            failed.push(message_id);
+            if let Some(g) = group.filter(|_| !group_failed) {
+                failed_groups.push(g);
+            }
+        }
+    }
+    failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held() -> Verdict {
+        Verdict::Held(Hold::Capacity)
+    }
+    fn ok() -> Verdict {
+        Verdict::Settled(Outcome::Released)
+    }
+
+    #[test]
+    fn after_a_failure_every_later_record_of_the_group_fails_too() {
+        let records = [
+            ("1", Some("a")),
+            ("2", Some("b")),
+            ("3", Some("a")),
+            ("4", Some("a")),
+            ("5", Some("b")),
+        ];
+        let verdicts = [ok(), held(), ok(), held(), ok()];
+        assert_eq!(failed_records(&records, &verdicts), vec!["2", "4", "5"]);
+        let verdicts = [held(), ok(), ok(), ok(), ok()];
+        assert_eq!(failed_records(&records, &verdicts), vec!["1", "3", "4"]);
+    }
+
+    #[test]
+    fn on_a_standard_queue_only_the_failed_records_fail() {
+        let records = [("1", None), ("2", None), ("3", None)];
+        let invalid = Verdict::Invalid(Rejection::new(Reason::MissingSequence, "x"));
+        let verdicts = [invalid, ok(), Verdict::Rejected(Reason::InvalidJson)];
+        assert_eq!(failed_records(&records, &verdicts), vec!["1"]);
+    }
+
+    #[test]
+    fn invalid_policy_parses_its_two_names() {
+        assert_eq!("redrive".parse(), Ok(InvalidPolicy::Redrive));
+        assert_eq!("dlq".parse(), Ok(InvalidPolicy::Dlq));
+        assert!("drop".parse::<InvalidPolicy>().unwrap_err().contains("redrive or dlq"));
+    }
+}

@@ -1,0 +1,23 @@
+//! # reseq-sqs
+//!
+//! reseq on Amazon SQS. The engine in `reseq-core` decides; this crate only translates
+//! between SQS and the engine:
+//! - [`message`]: SQS messages (from `ReceiveMessage` or a Lambda event) into
+//!   [`reseq_core::RawMessage`]s;
+//! - [`batch`]: one batch through the engine, contexts side by side, and the Lambda
+//!   partial batch response with FIFO semantics;
+//! - [`lambda`]: the Lambda function's SQS and scheduled events;
+//! - [`worker`]: the long-polling worker behind `reseq worker`;
+//! - [`output`]: the built-in handlers behind `--output` (`stdout`, `sqs:<url>`,
+//!   `http(s)://…`);
+//! - [`ids`]: FIFO group/dedup ids and attributes within SQS's limits;
+//! - [`dlq`]: the dead-letter queue behind `--dlq-url`, with `reseqReason` and
+//!   `reseqDetail` attributes.
+
+pub mod batch;
+pub mod dlq;
+pub mod ids;
+pub mod lambda;
+pub mod message;
+pub mod output;
+pub mod worker;
