@@ -83,7 +83,7 @@ async fn create_fifo(sqs: &aws_sdk_sqs::Client, name: &str, redrive: Option<Stri
         request = request.attributes(QueueAttributeName::RedrivePolicy, policy);
     }
     let created = request.send().await.map_err(|e| {
-        let detail = aws_sdk_sqs::error::DisplayErrorContext(&e).to_string();
+        let detail = reseq_sqs::describe_sqs_error(&e);
         anyhow::anyhow!(
             "cannot create SQS queue {name}: {detail} (if it exists with other attributes, delete it or choose \
              another --queue-prefix; check AWS_ENDPOINT_URL_SQS and credentials)"

@@ -28,7 +28,6 @@
 use std::borrow::Cow;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::DisplayErrorContext;
 use bytes::Bytes;
 use reseq_core::{AttributeValue, Attributes, DeadLetter, DeadLetterSink, RawMessage, Reason, Rejection, SinkError};
 
@@ -87,7 +86,7 @@ impl SqsDeadLetters {
                 SinkError(format!(
                     "cannot use the dead-letter queue {url} given by --dlq-url: {} (check the URL, the region and the \
                      credentials' SQS permissions)",
-                    DisplayErrorContext(&e)
+                    crate::describe_sqs_error(&e)
                 ))
             })
     }
@@ -194,7 +193,7 @@ impl SqsDeadLetters {
         request.send().await.map(|_| ()).map_err(|e| {
             SinkError(format!(
                 "cannot send {what} to the dead-letter queue {url} (--dlq-url): {}",
-                DisplayErrorContext(&e)
+                crate::describe_sqs_error(&e)
             ))
         })
     }

@@ -21,3 +21,21 @@ pub mod lambda;
 pub mod message;
 pub mod output;
 pub mod worker;
+
+/// An SQS error as one readable line: `Code: message` for an error SQS answered, the
+/// error chain for one it did not (timeouts, connection failures). The SDK's full debug
+/// form carries the raw HTTP response, which buries the point.
+pub fn describe_sqs_error<E, R>(err: &aws_sdk_sqs::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match err.as_service_error() {
+        Some(service) => format!(
+            "{}: {}",
+            service.code().unwrap_or("error"),
+            service.message().unwrap_or("no message")
+        ),
+        None => aws_sdk_sqs::error::DisplayErrorContext(err).to_string(),
+    }
+}

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Uri;
@@ -162,7 +162,7 @@ impl Output {
                     .await
                     .map_err(|e| OutputError::Queue {
                         queue_url: queue_url.clone(),
-                        detail: DisplayErrorContext(&e).to_string(),
+                        detail: crate::describe_sqs_error(&e),
                     })?;
                 let fifo = queue_url.ends_with(".fifo");
                 Target::Sqs {
@@ -385,7 +385,7 @@ async fn send_to_queue(client: &Client, queue_url: &str, fifo: bool, msg: &Relea
             let text = format!(
                 "sending {} to the SQS queue {queue_url}: {}",
                 what(),
-                DisplayErrorContext(&err)
+                crate::describe_sqs_error(&err)
             );
             let permanent = match &err {
                 SdkError::ConstructionFailure(_) => true,

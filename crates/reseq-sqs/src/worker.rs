@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
 };
@@ -117,7 +117,7 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Worker<S, C, H, D
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| self.queue_error(&DisplayErrorContext(&e).to_string()))
+            .map_err(|e| self.queue_error(&crate::describe_sqs_error(&e)))
     }
 
     /// Runs until `shutdown` resolves, the worker has been idle for `exit_when_idle`, or
@@ -211,7 +211,7 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Worker<S, C, H, D
                     output.messages.unwrap_or_default()
                 }
                 Err(err) => {
-                    let detail = DisplayErrorContext(&err).to_string();
+                    let detail = crate::describe_sqs_error(&err);
                     if err.code().is_some_and(|code| PERMANENT_CODES.contains(&code)) {
                         stop_tx.send_replace(true);
                         return Err(self.queue_error(&detail));
@@ -310,7 +310,7 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Worker<S, C, H, D
                 self.delete_failures.fetch_add(failed, Relaxed);
             }
             Err(err) => {
-                tracing::warn!(queue = %self.config.queue_url, error = %DisplayErrorContext(&err), "delete failed; the messages come back and are duplicates then");
+                tracing::warn!(queue = %self.config.queue_url, error = %crate::describe_sqs_error(&err), "delete failed; the messages come back and are duplicates then");
                 self.delete_failures.fetch_add(deletable.len() as u64, Relaxed);
             }
         }
@@ -339,7 +339,7 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Worker<S, C, H, D
             .send()
             .await;
         if let Err(err) = result {
-            tracing::warn!(queue = %self.config.queue_url, error = %DisplayErrorContext(&err), "could not change visibility");
+            tracing::warn!(queue = %self.config.queue_url, error = %crate::describe_sqs_error(&err), "could not change visibility");
         }
     }
 
