@@ -22,6 +22,8 @@ step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The Docker-based tests cannot run here (no Docker engine) but must keep compiling.
 cargo clippy -p reseq-dynamodb --features docker-tests --tests --locked -- -D warnings
+# The SAM template: cfn-lint (pinned, installed once under .emulators/) and content checks.
+scripts/lint-template.sh
 
 step "local AWS stand-ins"
 if scripts/emulators.sh status >/dev/null 2>&1; then
