@@ -526,12 +526,12 @@ async fn a_worker_killed_mid_run_and_restarted_loses_nothing_and_keeps_order() {
     assert_nothing_waits(&setup.store().await, &ends).await;
 }
 
-/// A tiny HTTP target: answers 400 to any body containing "poison", 200 otherwise, and
-/// records what it accepted (context, sequence) in arrival order.
+/// A tiny HTTP target: answers 400 to any body containing "poison", 200 otherwise, after
+/// `delay`, and records what it accepted (context, sequence) in arrival order.
 /// What the HTTP target accepted: (context, sequence) in arrival order.
 type Accepted = Arc<Mutex<Vec<(String, u64)>>>;
 
-fn http_target() -> (String, Accepted) {
+fn http_target(delay: Duration) -> (String, Accepted) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/events", listener.local_addr().unwrap());
     let accepted = Arc::new(Mutex::new(Vec::new()));
@@ -555,6 +555,7 @@ fn http_target() -> (String, Accepted) {
             let length: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
             let mut body = vec![0; length];
             let _ = reader.read_exact(&mut body);
+            std::thread::sleep(delay);
             let poison = String::from_utf8_lossy(&body).contains("poison");
             let status = if poison { "400 Bad Request" } else { "200 OK" };
             if !poison {
@@ -591,7 +592,7 @@ async fn a_permanent_handler_failure_blocks_the_context_or_is_skipped_to_the_dlq
             messages.push(Msg::new("healthy", seq, "g2"));
         }
         send(&setup.sqs, &setup.input, &messages).await;
-        let (url, accepted) = http_target();
+        let (url, accepted) = http_target(Duration::ZERO);
         let (_, stderr) = run_worker(setup.worker_to(&setup.input, &url, &["--on-poison", policy]));
         let accepted = accepted.lock().unwrap().clone();
         let seqs = |ctx: &str| -> Vec<u64> { accepted.iter().filter(|(c, _)| c == ctx).map(|(_, s)| *s).collect() };
@@ -662,4 +663,82 @@ async fn a_gap_never_filled_is_skipped_after_the_gap_timeout_without_new_traffic
     let state = setup.store().await.load("gappy").await.unwrap().expect("state");
     assert_eq!(state.next, 6);
     assert!(state.is_skipped(3));
+}
+
+/// SIGTERM while a batch is in flight: the worker stops receiving, finishes that batch
+/// (its messages are released, committed, then deleted) and exits 0. Nothing it did not
+/// finish is deleted: every message is either released or still on the queue.
+#[tokio::test]
+async fn sigterm_lets_the_batch_in_flight_finish_and_deletes_nothing_half_done() {
+    if emulators().is_none() {
+        return;
+    }
+    let setup = Setup::new("term", 5).await;
+    let messages: Vec<Msg> = (1..=30).map(|s| Msg::new("slow", s, "g")).collect();
+    send(&setup.sqs, &setup.input, &messages).await;
+    // A slow downstream: each release takes 300 ms, so a batch of 10 takes 3 s.
+    let (url, accepted) = http_target(Duration::from_millis(300));
+    let mut worker = setup.worker_to(&setup.input, &url, &["--receivers", "1", "--visibility-timeout", "2s"]);
+    let child = worker
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the worker");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while accepted.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let (_, stderr) = finish(child);
+    assert!(stderr.contains("stopped (signal)"), "{stderr}");
+    let released: Vec<u64> = accepted.lock().unwrap().iter().map(|(_, s)| *s).collect();
+    assert!(
+        !released.is_empty() && released.len() < 30,
+        "stopped mid-run: {released:?}"
+    );
+    assert_eq!(released, (1..=released.len() as u64).collect::<Vec<_>>(), "in order");
+    assert_eq!(
+        summary_count(&stderr, "deleted"),
+        released.len() as u64,
+        "only what was released: {stderr}"
+    );
+    // What was not released is still on the queue (after its visibility timeout).
+    let left: Vec<u64> = drain(&setup.sqs, &setup.input).await.iter().map(Got::seq).collect();
+    let mut all = released.clone();
+    all.extend(&left);
+    all.sort();
+    assert_eq!(
+        all,
+        (1..=30).collect::<Vec<_>>(),
+        "nothing lost: released {released:?}, left {left:?}"
+    );
+}
+
+/// A batch that takes longer than the visibility timeout: the worker extends the
+/// messages' visibility while the handler runs, so SQS never hands them to the other
+/// receive loop meanwhile (each message is received once).
+#[tokio::test]
+async fn visibility_is_extended_while_a_slow_batch_runs() {
+    if emulators().is_none() {
+        return;
+    }
+    let setup = Setup::new("vis", 5).await;
+    let messages: Vec<Msg> = (1..=20).map(|s| Msg::new("slow", s, "g")).collect();
+    send(&setup.sqs, &setup.input, &messages).await;
+    // 200 ms per release: a batch of 10 takes 2 s, twice the 1 s visibility timeout.
+    let (url, accepted) = http_target(Duration::from_millis(200));
+    let worker = setup.worker_to(&setup.input, &url, &["--receivers", "2", "--visibility-timeout", "1s"]);
+    let (_, stderr) = run_worker(worker);
+    let released: Vec<u64> = accepted.lock().unwrap().iter().map(|(_, s)| *s).collect();
+    assert_eq!(released, (1..=20).collect::<Vec<_>>(), "{stderr}");
+    assert_eq!(
+        summary_count(&stderr, "received"),
+        20,
+        "no message came back while in flight: {stderr}"
+    );
+    assert_eq!(summary_count(&stderr, "duplicates"), 0, "{stderr}");
 }
