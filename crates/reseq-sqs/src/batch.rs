@@ -95,7 +95,8 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
     /// Processes one batch; one verdict per message, in the same order. No release starts
     /// at or after `deadline`. Everything settled is durable when this returns.
     pub async fn process(&self, batch: Vec<RawMessage>, deadline: Option<Millis>) -> Vec<Verdict> {
-        let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
+        // Every message is either rejected here or handed to the engine below.
+        let mut verdicts = vec![Verdict::Held(Hold::Failed(String::new())); batch.len()];
         // The batch's contexts in order of first appearance, each with its messages in
         // arrival order and their indexes in the batch.
         let mut slots: HashMap<String, usize> = HashMap::new();
@@ -111,7 +112,7 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
                     groups[slot].0.push(index);
                     groups[slot].1.push(env);
                 }
-                Err(rejection) => verdicts[index] = Some(self.reject(&raw, rejection).await),
+                Err(rejection) => verdicts[index] = self.reject(&raw, rejection).await,
             }
         }
         let runs = groups.into_iter().map(|(indexes, envelopes)| async move {
@@ -121,31 +122,19 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
                 .await;
             (indexes, outcomes)
         });
-        let flushed = {
-            let results = join_all(runs).await;
-            let flushed = self.engine.store().flush().await;
-            for (indexes, outcomes) in results {
-                for (index, outcome) in indexes.into_iter().zip(outcomes) {
-                    verdicts[index] = Some(match outcome {
-                        Outcome::Held(hold) => Verdict::Held(hold),
-                        settled => Verdict::Settled(settled),
-                    });
-                }
-            }
-            flushed
-        };
-        if let Err(err) = flushed {
-            // Nothing the engine decided is durable: delete none of it.
-            for verdict in verdicts.iter_mut() {
-                if let Some(Verdict::Settled(_)) = verdict {
-                    *verdict = Some(Verdict::Held(Hold::Failed(err.to_string())));
-                }
+        let results = join_all(runs).await;
+        // If the flush fails, nothing the engine decided is durable: delete none of it.
+        let unflushed = self.engine.store().flush().await.err().map(|e| e.to_string());
+        for (indexes, outcomes) in results {
+            for (index, outcome) in indexes.into_iter().zip(outcomes) {
+                verdicts[index] = match (outcome, &unflushed) {
+                    (Outcome::Held(hold), _) => Verdict::Held(hold),
+                    (_, Some(err)) => Verdict::Held(Hold::Failed(err.clone())),
+                    (settled, None) => Verdict::Settled(settled),
+                };
             }
         }
         verdicts
-            .into_iter()
-            .map(|v| v.unwrap_or_else(|| Verdict::Held(Hold::Failed("not processed".into()))))
-            .collect()
     }
 
     /// Fires the timers of contexts that are due (gap timeouts, retries, retention, the

@@ -194,7 +194,7 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Worker<S, C, H, D
                 .receive_message()
                 .queue_url(&self.config.queue_url)
                 .max_number_of_messages(10)
-                .wait_time_seconds((self.config.wait_time.0 / 1000).min(20) as i32)
+                .wait_time_seconds(seconds(self.config.wait_time).min(20))
                 .visibility_timeout(seconds(self.config.visibility_timeout))
                 .message_attribute_names("All")
                 .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
