@@ -24,6 +24,8 @@ readonly MIN_PYTHON_MINOR=9
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly ROOT
+# shellcheck source=scripts/lib/python.sh
+source "${ROOT}/scripts/lib/python.sh"
 readonly DIR="${ROOT}/.emulators/cargo-lambda"
 readonly VENV="${DIR}/venv"
 readonly MARKER="${DIR}/installed"
@@ -35,27 +37,6 @@ die() {
   exit 1
 }
 
-find_python() {
-  local candidates=() c v
-  if [[ -n "${RESEQ_PYTHON:-}" ]]; then
-    candidates+=("${RESEQ_PYTHON}")
-  else
-    candidates+=(python3.11)
-    local pyenv_root="${PYENV_ROOT:-${HOME}/.pyenv}"
-    while IFS= read -r v; do
-      [[ -n "$v" ]] && candidates+=("${v}/bin/python3")
-    done < <(compgen -G "${pyenv_root}/versions/3.1[123].*" | sort -V -r || true)
-    candidates+=(python3.13 python3.12 python3)
-  fi
-  for c in "${candidates[@]}"; do
-    if command -v "$c" >/dev/null 2>&1 &&
-      "$c" -c "import sys, venv; sys.exit(0 if sys.version_info >= (3, ${MIN_PYTHON_MINOR}) else 1)" 2>/dev/null; then
-      command -v "$c"
-      return 0
-    fi
-  done
-  die "installing cargo-lambda needs Python >= 3.${MIN_PYTHON_MINOR} with venv; none found (tried: ${candidates[*]}). Set RESEQ_PYTHON."
-}
 
 installed() {
   [[ -f "$MARKER" && "$(cat "$MARKER")" == "$CARGO_LAMBDA_VERSION" && -x "$BIN" ]]
@@ -72,7 +53,7 @@ install() {
     return 0
   fi
   local python
-  python="$(find_python)"
+  python="$(find_python "${MIN_PYTHON_MINOR}" "installing cargo-lambda" python3.11)"
   log "installing cargo-lambda ${CARGO_LAMBDA_VERSION} into ${VENV#"${ROOT}"/} (python: ${python})"
   rm -rf "$DIR"
   mkdir -p "$DIR"

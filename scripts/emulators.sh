@@ -38,6 +38,8 @@ readonly MIN_JAVA_MAJOR=17                     # DynamoDB Local 3.x needs Java >
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly ROOT
+# shellcheck source=scripts/lib/python.sh
+source "${ROOT}/scripts/lib/python.sh"
 readonly EMU_DIR="${ROOT}/.emulators"
 readonly REQUIREMENTS="${ROOT}/scripts/localstack-requirements.txt"
 readonly HOST="127.0.0.1"
@@ -80,29 +82,6 @@ EOF
 
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
-# Prints the path of a Python >= 3.12 interpreter.
-find_python() {
-  local candidates=() c
-  if [[ -n "${RESEQ_PYTHON:-}" ]]; then
-    candidates+=("${RESEQ_PYTHON}")
-  else
-    local pyenv_root="${PYENV_ROOT:-${HOME}/.pyenv}" v
-    # Newest installed 3.13.x, then 3.12.x (version-sorted, descending).
-    while IFS= read -r v; do
-      [[ -n "$v" ]] && candidates+=("${v}/bin/python3")
-    done < <(compgen -G "${pyenv_root}/versions/3.1[23].*" | sort -V -r || true)
-    candidates+=(python3.13 python3.12 python3)
-  fi
-  for c in "${candidates[@]}"; do
-    if command -v "$c" >/dev/null 2>&1 &&
-      "$c" -c "import sys; sys.exit(0 if sys.version_info >= (3, ${MIN_PYTHON_MINOR}) else 1)" 2>/dev/null; then
-      command -v "$c"
-      return 0
-    fi
-  done
-  die "LocalStack needs Python >= 3.${MIN_PYTHON_MINOR}; none found (tried: ${candidates[*]}). Set RESEQ_PYTHON."
-}
-
 check_java() {
   command -v java >/dev/null 2>&1 || die "DynamoDB Local needs Java >= ${MIN_JAVA_MAJOR} on PATH (Debian: apt-get install openjdk-17-jre-headless)"
   local version major
@@ -121,7 +100,7 @@ install_localstack() {
     return 0
   fi
   local python
-  python="$(find_python)"
+  python="$(find_python "${MIN_PYTHON_MINOR}" LocalStack)"
   log "installing LocalStack into ${LS_VENV} (python: ${python}; pins: ${REQUIREMENTS#"${ROOT}"/})"
   rm -rf "$LS_DIR"
   mkdir -p "$LS_DIR"

@@ -25,6 +25,8 @@ readonly PINS=("cfn-lint==1.58.0" "aws-sam-translator==1.115.0" "pyyaml==6.0.3")
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly ROOT
+# shellcheck source=scripts/lib/python.sh
+source "${ROOT}/scripts/lib/python.sh"
 readonly DIR="${ROOT}/.emulators/cfn-lint"
 readonly VENV="${DIR}/venv"
 readonly MARKER="${DIR}/installed"
@@ -41,17 +43,6 @@ installed() {
   [[ -f "$MARKER" && "$(cat "$MARKER")" == "${PINS[*]}" && -x "${VENV}/bin/cfn-lint" ]]
 }
 
-find_python() {
-  local c
-  for c in ${RESEQ_PYTHON:-python3.11 python3.12 python3.13 python3}; do
-    if command -v "$c" >/dev/null 2>&1 &&
-      "$c" -c 'import sys, venv; sys.exit(0 if sys.version_info >= (3, 9) else 1)' 2>/dev/null; then
-      command -v "$c"
-      return 0
-    fi
-  done
-  die "needs Python >= 3.9 with venv (tried: ${RESEQ_PYTHON:-python3.11 python3.12 python3.13 python3}); set RESEQ_PYTHON"
-}
 
 INSTALL_NOTE=""
 install() {
@@ -62,7 +53,7 @@ install() {
   flock 8
   if ! installed; then
     local python start=$SECONDS
-    python="$(find_python)"
+    python="$(find_python 9 cfn-lint python3.11)"
     rm -rf "$DIR"
     mkdir -p "$DIR"
     "$python" -m venv "$VENV"
