@@ -80,6 +80,12 @@ pub struct EngineConfig {
     /// once: a standard queue, or FIFO with a group that is not the context). `None` when
     /// the source already guarantees one consumer per context (FIFO, group = context).
     pub lease: Option<LeaseConfig>,
+    /// A message held back by `max_staged` that has been received this many times
+    /// ([`Envelope::receive_count`]) is staged anyway, beyond the window: backpressure
+    /// must not keep a FIFO group blocked for good (the message that moves the cursor may
+    /// sit behind it in the same group), nor let the queue's redrive push a valid message
+    /// out. SQS sets it below the queue's `maxReceiveCount`; `None`: hold for ever.
+    pub stage_held_after: Option<u32>,
 }
 
 /// Who this worker is, and how long a lease it takes lasts without renewal. The duration
@@ -103,6 +109,7 @@ impl Default for EngineConfig {
             max_attempts: 5,
             on_poison: PoisonPolicy::Block,
             lease: None,
+            stage_held_after: None,
         }
     }
 }
@@ -642,7 +649,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                         Outcome::Released
                     }
                     Err(HandlerError::Retryable(e)) => Outcome::Held(Hold::Failed(format!("handler: {e}"))),
-                    Err(HandlerError::Permanent(e)) => {
+                    Err(HandlerError::Permanent(e) | HandlerError::Rejected(e)) => {
                         bump(&self.counters.poison);
                         self.dead_letter(work, &msg, Reason::HandlerFailed, &e, dlq).await
                     }
@@ -934,7 +941,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 self.keep_waiting(work, msg, source, outcomes);
                 return Ok(Step::Stall);
             }
-            Err(HandlerError::Retryable(e) | HandlerError::Permanent(e)) => e,
+            Err(HandlerError::Retryable(e) | HandlerError::Permanent(e) | HandlerError::Rejected(e)) => e,
         };
         bump(&self.counters.poison);
         let attempts = failures + 1;

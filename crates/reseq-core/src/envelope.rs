@@ -47,6 +47,11 @@ pub struct RawMessage {
     /// The FIFO `MessageGroupId`, when there is one.
     pub group_id: Option<String>,
     pub received_at: Millis,
+    /// How many times the source has delivered this message, this time included (SQS
+    /// `ApproximateReceiveCount`); 0 when the source does not count. A message held back
+    /// by capacity that keeps coming back is staged anyway (see
+    /// [`crate::EngineConfig::stage_held_after`]).
+    pub receive_count: u32,
 }
 
 /// A message whose context and position are known: the unit the engine orders.
@@ -60,6 +65,8 @@ pub struct Envelope {
     pub received_at: Millis,
     /// `final=true`: releasing this message closes the context (SPEC §2).
     pub is_final: bool,
+    /// As [`RawMessage::receive_count`].
+    pub receive_count: u32,
 }
 
 impl Envelope {
@@ -73,6 +80,7 @@ impl Envelope {
             attributes: Attributes::new(),
             received_at: Millis(0),
             is_final: false,
+            receive_count: 0,
         }
     }
 

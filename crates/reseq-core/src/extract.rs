@@ -86,6 +86,7 @@ impl Extractor {
             attributes: raw.attributes,
             received_at: raw.received_at,
             is_final,
+            receive_count: raw.receive_count,
         })
     }
 

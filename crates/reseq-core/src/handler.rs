@@ -26,13 +26,17 @@ pub struct Release<'a> {
 }
 
 /// Why a handler failed: a retryable failure is tried again with backoff; a permanent one
-/// is poison (`--on-poison`).
+/// is poison (`--on-poison`); a rejected message is one the target can never take
+/// whatever is retried (too large for it, characters it refuses): it is dead-lettered
+/// `handler-failed` under either poison policy, so that it never blocks its context.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
     #[error("retryable: {0}")]
     Retryable(String),
     #[error("permanent: {0}")]
     Permanent(String),
+    #[error("rejected by the target: {0}")]
+    Rejected(String),
 }
 
 pub trait Handler: Send + Sync {

@@ -51,6 +51,7 @@ impl OrderingArgs {
             max_attempts: self.max_attempts.max(1),
             on_poison: self.on_poison,
             lease: None,
+            stage_held_after: None,
         }
     }
 }

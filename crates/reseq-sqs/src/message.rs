@@ -39,6 +39,7 @@ pub fn from_sdk(message: Message, received_at: Millis) -> Option<Received> {
         attributes,
         group_id,
         received_at,
+        receive_count: 0,
     };
     Some(Received { raw, receipt_handle })
 }
@@ -63,6 +64,7 @@ pub fn from_lambda(record: &SqsMessage, received_at: Millis) -> RawMessage {
         attributes,
         group_id: record.attributes.get("MessageGroupId").cloned(),
         received_at,
+        receive_count: 0,
     }
 }
 

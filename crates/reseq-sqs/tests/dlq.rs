@@ -52,6 +52,7 @@ fn raw(message_id: &str, body: &'static [u8], attributes: Attributes, group_id: 
         attributes,
         group_id: group_id.map(str::to_string),
         received_at: Millis(0),
+        receive_count: 0,
     }
 }
 
