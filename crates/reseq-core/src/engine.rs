@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
@@ -19,8 +20,8 @@ use crate::envelope::Envelope;
 use crate::handler::{DeadLetter, DeadLetterSink, Handler, HandlerError, Release};
 use crate::reason::Reason;
 use crate::store::{
-    Blocked, Commit, CommitOutcome, ContextState, DueQuery, Lease, RetryState, StageOutcome, StagedMessage,
-    StagingStore, StoreError, Waiting,
+    Blocked, Commit, CommitOutcome, ContextState, DueQuery, ExpiryRetry, Lease, RetryState, StageOutcome,
+    StagedMessage, StagingStore, StoreError, Waiting,
 };
 use crate::time::{Clock, Duration, Millis};
 
@@ -172,6 +173,16 @@ pub struct Stats {
     pub dead_lettered: u64,
     pub held: u64,
     pub contexts_forgotten: u64,
+    /// Messages held back by `max_staged` that came back `stage_held_after` times and
+    /// were staged beyond the window.
+    pub held_then_staged: u64,
+    /// Retryable failures while the target was out for every context: no attempt counted.
+    pub outage_retries: u64,
+    /// Expired waiting messages that could not be dead-lettered (retried with backoff).
+    pub expiry_failures: u64,
+    /// Lost-wakeup checks or drains that failed: the context's messages were given back
+    /// to the source so that a redelivery (or the sweep) looks again.
+    pub wakeups_failed: u64,
 }
 
 #[derive(Default)]
@@ -191,6 +202,10 @@ struct Counters {
     dead_lettered: AtomicU64,
     held: AtomicU64,
     contexts_forgotten: AtomicU64,
+    held_then_staged: AtomicU64,
+    outage_retries: AtomicU64,
+    expiry_failures: AtomicU64,
+    wakeups_failed: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -210,6 +225,49 @@ pub struct Engine<S, C> {
     counters: Counters,
     /// Numbers the leases this engine's calls take (see [`LeaseConfig`]).
     lease_calls: AtomicU64,
+    /// Tells an outage of the target from a poison message (SPEC §3).
+    breaker: Breaker,
+}
+
+/// How many different contexts must fail retryably in a row, with no success between,
+/// before the target counts as out: one context failing alone may be poison; several
+/// failing together is the target.
+const OUTAGE_CONTEXTS: usize = 3;
+
+/// The circuit breaker of SPEC §3. Retryable failures of [`OUTAGE_CONTEXTS`] different
+/// contexts with no success between open it; any success closes it. While it is open a
+/// retryable failure counts no attempt: the context backs off (capped at 60 s) and its
+/// next try is the probe. It lives in memory: each worker judges the target for itself.
+#[derive(Default)]
+struct Breaker {
+    /// The contexts that failed since the last success, up to [`OUTAGE_CONTEXTS`].
+    failing: Mutex<Vec<String>>,
+}
+
+impl Breaker {
+    /// Records a retryable failure; whether the circuit is open now.
+    fn failed(&self, context_id: &str) -> bool {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        if failing.len() < OUTAGE_CONTEXTS && !failing.iter().any(|c| c == context_id) {
+            failing.push(context_id.to_string());
+            if failing.len() == OUTAGE_CONTEXTS {
+                tracing::warn!(
+                    contexts = ?*failing,
+                    "the target fails for {OUTAGE_CONTEXTS} contexts in a row: treating it as an outage; \
+                     retries back off and count no attempts until it answers again"
+                );
+            }
+        }
+        failing.len() >= OUTAGE_CONTEXTS
+    }
+
+    fn succeeded(&self) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        if failing.len() >= OUTAGE_CONTEXTS {
+            tracing::info!("the target answers again: outage over");
+        }
+        failing.clear();
+    }
 }
 
 /// Where a message about to be released comes from: it decides which outcome to settle.
@@ -332,6 +390,28 @@ struct Work {
     /// The deadline stopped a run: what is left waits, and the commit makes the context
     /// due at once so that the next sweep carries on.
     cut: bool,
+    /// The indexes of this batch's messages of this context: if the lost-wakeup check
+    /// fails after the commit, they are given back to the source (see `unsettle`).
+    indices: Vec<usize>,
+    /// A copy of a staged or released position arrived: with leases, a redelivery may be
+    /// all that is left to notice a context a crashed worker did not drain, so it looks.
+    saw_copy: bool,
+    /// A sweep or a drain: no source message will come back to look again if the
+    /// lost-wakeup check after a release is lost (error, crash), so the commit that gives
+    /// the lease back leaves the context due once the lease would have run out.
+    recheck: bool,
+}
+
+/// What [`Engine::finish`] leaves to do for one context.
+enum Finished {
+    /// Written (or nothing to write), and nothing became releasable.
+    Done,
+    /// Written, and a message at the cursor waits with no lease held: drain it.
+    Wake,
+    /// The store failed: nothing of this context was settled (outcomes already held).
+    Failed(String),
+    /// Written, but the lost-wakeup check failed: whether something waits is unknown.
+    Unchecked(String),
 }
 
 enum Step {
@@ -347,6 +427,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             config,
             counters: Counters::default(),
             lease_calls: AtomicU64::new(0),
+            breaker: Breaker::default(),
         }
     }
 
@@ -381,6 +462,10 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             dead_lettered: get(&c.dead_lettered),
             held: get(&c.held),
             contexts_forgotten: get(&c.contexts_forgotten),
+            held_then_staged: get(&c.held_then_staged),
+            outage_retries: get(&c.outage_retries),
+            expiry_failures: get(&c.expiry_failures),
+            wakeups_failed: get(&c.wakeups_failed),
         }
     }
 
@@ -427,6 +512,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 Some(work) => work,
                 empty => empty.insert(self.load(&env.context_id, deadline).await),
             };
+            work.indices.push(index);
             if let Some(err) = &work.failed {
                 outcomes[index] = Outcome::Held(Hold::Failed(err.clone()));
                 continue;
@@ -439,12 +525,17 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         let mut woken = Vec::new();
         for work in works.into_iter().flatten() {
             let context_id = work.context_id.clone();
-            if self.finish(work, now, dlq, &mut outcomes).await {
-                woken.push(context_id);
+            let indices = work.indices.clone();
+            match self.finish(work, now, dlq, &mut outcomes).await {
+                Finished::Done | Finished::Failed(_) => {}
+                Finished::Wake => woken.push((context_id, indices)),
+                Finished::Unchecked(err) => self.unsettle(&context_id, &indices, &err, &mut outcomes),
             }
         }
-        for context_id in woken {
-            self.drain(&context_id, handler, dlq, deadline).await;
+        for (context_id, indices) in woken {
+            if let Err(err) = self.drain(&context_id, handler, dlq, deadline, false).await {
+                self.unsettle(&context_id, &indices, &err, &mut outcomes);
+            }
         }
         for outcome in &outcomes {
             if !outcome.is_settled() {
@@ -452,6 +543,26 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             }
         }
         outcomes
+    }
+
+    /// The lost-wakeup check or the drain after it failed: a message may wait at the
+    /// cursor with no one to release it. The batch's messages of that context are given
+    /// back to the source, whatever they settled: their redelivery looks again (a copy of
+    /// a staged or released position triggers the check, see `saw_copy`). Repeating them
+    /// is safe: each comes back as a duplicate, or is staged or dead-lettered again.
+    fn unsettle(&self, context_id: &str, indices: &[usize], err: &str, outcomes: &mut [Outcome]) {
+        bump(&self.counters.wakeups_failed);
+        tracing::warn!(
+            context_id,
+            error = err,
+            "could not check whether the context can release more; its messages are given back to the source \
+             so that their redelivery looks again"
+        );
+        for &i in indices {
+            if outcomes[i].is_settled() {
+                outcomes[i] = Outcome::Held(Hold::Failed(format!("wakeup check of context {context_id}: {err}")));
+            }
+        }
     }
 
     /// Fires the timers no new message would fire: gap timeouts, handler retries that are
@@ -484,6 +595,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             if let Some(err) = work.failed.take() {
                 return Err(StoreError::Unavailable(err));
             }
+            work.recheck = true;
             let swept = async {
                 self.expire(&mut work, now, dlq).await?;
                 self.advance(&mut work, now, handler, dlq, &mut no_outcomes).await
@@ -491,8 +603,21 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             if let Err(err) = swept.await {
                 work.failed = Some(err.to_string());
             }
-            if self.finish(work, now, dlq, &mut no_outcomes).await {
-                self.drain(context_id, handler, dlq, deadline).await;
+            // A lost wakeup here is caught by the sweep itself: the holder's commit left
+            // the context due when its lease would have run out (`recheck`).
+            let lost = match self.finish(work, now, dlq, &mut no_outcomes).await {
+                Finished::Done | Finished::Failed(_) => None,
+                Finished::Wake => self.drain(context_id, handler, dlq, deadline, true).await.err(),
+                Finished::Unchecked(err) => Some(err),
+            };
+            if let Some(err) = lost {
+                bump(&self.counters.wakeups_failed);
+                tracing::warn!(
+                    context_id = context_id.as_str(),
+                    error = err,
+                    "could not check whether the swept context can release more; a sweep looks again when its \
+                     lease would have run out"
+                );
             }
         }
         Ok(due.len())
@@ -526,6 +651,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             failed,
             deadline,
             cut: false,
+            indices: Vec::new(),
+            saw_copy: false,
+            recheck: false,
         }
     }
 
@@ -541,6 +669,22 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         outcomes: &mut [Outcome],
     ) -> Result<(), StoreError> {
         let seq = env.seq;
+        let receive_count = env.receive_count;
+        if seq < self.config.first_seq {
+            // Never processed, so not a duplicate: a producer counting from another first
+            // position would otherwise lose every context's first message without a trace.
+            let detail = format!(
+                "context {} position {seq} is below the first position {} (--first-seq): it can never be \
+                 released; set --first-seq to the producers' first position",
+                work.context_id, self.config.first_seq
+            );
+            let msg = StagedMessage::from_envelope(env);
+            tracing::warn!(context_id = %work.context_id, seq, message_id = %msg.message_id, "position below --first-seq: dead-lettered");
+            outcomes[index] = self
+                .dead_letter(work, &msg, Reason::InvalidSequence, &detail, dlq)
+                .await;
+            return Ok(());
+        }
         if let Some(final_seq) = work.state.final_seq.filter(|f| seq > *f) {
             let detail = format!("context {} closed at its final position {final_seq}", work.context_id);
             let msg = StagedMessage::from_envelope(env);
@@ -551,10 +695,21 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         if seq < work.state.next {
             if work.state.is_skipped(seq) {
                 outcomes[index] = self.late(work, env, handler, dlq).await;
-            } else {
-                bump(&self.counters.duplicates);
-                outcomes[index] = Outcome::Duplicate;
+                return Ok(());
             }
+            work.saw_copy = true;
+            // A released row the store still keeps (DynamoDB keeps them until TTL) tells
+            // a conflicting copy from a duplicate; a position released straight from its
+            // batch left no body behind, and its copy counts as a duplicate.
+            let msg = StagedMessage::from_envelope(env);
+            let released = self.store.staged(&work.context_id, seq, seq, 1).await?;
+            outcomes[index] = match released.first() {
+                Some(first) if first.seq == seq => self.second_copy(work, first.body_hash, &msg, dlq).await,
+                _ => {
+                    bump(&self.counters.duplicates);
+                    Outcome::Duplicate
+                }
+            };
             return Ok(());
         }
         let msg = StagedMessage::from_envelope(env);
@@ -565,6 +720,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         if seq == work.state.next && !self.stalled(work, now) {
             self.ensure_view(work, seq).await?;
             if let Some(first) = work.view.items.get(seq).map(|m| m.body_hash) {
+                // The staged first copy is releasable: release it now rather than trust
+                // that whoever staged it will (it may have crashed before its drain).
+                work.saw_copy = true;
                 outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
             } else if let Step::Stall = self
                 .release(work, msg, Source::Batch(index), now, handler, dlq, outcomes)
@@ -578,15 +736,30 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         // is found here if the store was read anyway, else by the conditional put.
         if let Some(first) = work.view.covers(seq).then(|| work.view.items.get(seq)).flatten() {
             let first = first.body_hash;
+            work.saw_copy = true;
             outcomes[index] = self.second_copy(work, first, &msg, dlq).await;
             return Ok(());
         }
         // Capacity as a window: only positions within `max_staged` of the cursor wait, so
         // a context never holds more than `max_staged` staged messages and the check
-        // costs no store read.
+        // costs no store read. A held message that keeps coming back is staged anyway:
+        // on a FIFO queue it blocks its group, and the message that moves the cursor may
+        // be behind it; and the queue's redrive must not take a valid message away.
         if seq - work.state.next > self.config.max_staged {
-            outcomes[index] = Outcome::Held(Hold::Capacity);
-            return Ok(());
+            if !self.config.stage_held_after.is_some_and(|n| receive_count >= n) {
+                outcomes[index] = Outcome::Held(Hold::Capacity);
+                return Ok(());
+            }
+            bump(&self.counters.held_then_staged);
+            tracing::info!(
+                context_id = %work.context_id,
+                seq,
+                message_id = %msg.message_id,
+                receive_count,
+                next = work.state.next,
+                "held back by --max-staged {} times: staged beyond the window so that its queue group is not blocked",
+                receive_count
+            );
         }
         work.pending.insert(seq, Pending { msg, index });
         outcomes[index] = Outcome::Staged;
@@ -763,6 +936,15 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     ) -> Result<(), StoreError> {
         while !self.stalled(work, now) {
             let next = work.state.next;
+            if work.state.final_seq.is_some_and(|f| next > f) {
+                return self.close_out(work, dlq, outcomes).await;
+            }
+            if let Some(last) = work.state.skipped.iter().find(|r| r.contains(next)).map(|r| r.last) {
+                // A position dead-lettered ahead of the cursor (too large to stage).
+                work.state.next = last.saturating_add(1);
+                work.dirty = true;
+                continue;
+            }
             self.ensure_view(work, next).await?;
             let (msg, source) = if let Some(stored) = work.view.items.remove(next) {
                 if let Some(copy) = work.pending.remove(next) {
@@ -780,6 +962,66 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 return Ok(());
             }
         }
+        Ok(())
+    }
+
+    /// The context is closed (its `final` position was released): nothing after it is
+    /// ever released, whatever the arrival order. Messages that waited beyond the final
+    /// position are late, exactly as if they had arrived after it (SPEC §2). One that
+    /// cannot be dead-lettered stays staged; the retention sweep dead-letters it later.
+    async fn close_out<D: DeadLetterSink>(
+        &self,
+        work: &mut Work,
+        dlq: &D,
+        outcomes: &mut [Outcome],
+    ) -> Result<(), StoreError> {
+        let next = work.state.next;
+        let final_seq = work.state.final_seq.unwrap_or(next);
+        let detail = |seq: u64| {
+            format!(
+                "context {} closed at its final position {final_seq}; position {seq} comes after it",
+                work.context_id
+            )
+        };
+        let pending = std::mem::replace(&mut work.pending, SeqMap::new());
+        for (seq, p) in pending.entries {
+            bump(&self.counters.late);
+            tracing::warn!(context_id = %work.context_id, seq, message_id = %p.msg.message_id, final_seq, "after the final position: dead-lettered late");
+            outcomes[p.index] = self.dead_letter(work, &p.msg, Reason::Late, &detail(seq), dlq).await;
+        }
+        let mut kept = SeqMap::new();
+        let mut from = next;
+        loop {
+            let page = self.store.staged(&work.context_id, from, u64::MAX, PAGE).await?;
+            let full = page.len() == PAGE;
+            for msg in page {
+                from = msg.seq.saturating_add(1);
+                if work.remove_staged.contains(&msg.seq) {
+                    continue;
+                }
+                bump(&self.counters.late);
+                tracing::warn!(context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, final_seq, "waited beyond the final position: dead-lettered late");
+                if self
+                    .dead_letter(work, &msg, Reason::Late, &detail(msg.seq), dlq)
+                    .await
+                    .is_settled()
+                {
+                    work.remove_staged.push(msg.seq);
+                    work.dirty = true;
+                } else {
+                    kept.insert(msg.seq, msg);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        // The window now tells exactly what still waits: what could not be dead-lettered.
+        work.view = StoreView {
+            items: kept,
+            from: next,
+            last: u64::MAX,
+        };
         Ok(())
     }
 
@@ -838,6 +1080,10 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         if let Some(known) = [in_view, pending].into_iter().flatten().min() {
             return Ok(Some(known));
         }
+        if work.view.covers(next) && work.view.last == u64::MAX {
+            // The window reaches the end (a close-out read everything): nothing waits.
+            return Ok(None);
+        }
         if work.state.waiting_since.is_none() && !from_store {
             return Ok(None);
         }
@@ -865,7 +1111,12 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             due = due.min(retry.not_before);
         }
         if let Some(since) = state.waiting_since {
-            due = due.min(since.plus(retention));
+            // Expired messages the DLQ did not take come back when their retry is due.
+            let expiry = since.plus(retention);
+            due = due.min(match &state.expiry_retry {
+                Some(retry) => expiry.max(retry.not_before),
+                None => expiry,
+            });
             if let Some(gap) = self
                 .config
                 .gap_timeout
@@ -917,6 +1168,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         };
         let error = match handler.handle(&release).await {
             Ok(()) => {
+                self.breaker.succeeded();
                 bump(&self.counters.released);
                 self.move_past(work, msg.seq);
                 work.state.last_released = Some(msg.seq);
@@ -929,19 +1181,56 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 }
                 return Ok(Step::Continue);
             }
-            Err(HandlerError::Retryable(e)) if failures + 1 < self.config.max_attempts => {
-                bump(&self.counters.handler_retries);
+            Err(HandlerError::Rejected(e)) => {
+                // The target can never take this message: retrying or blocking cannot
+                // help, so it goes to the DLQ under either poison policy.
+                tracing::warn!(context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, error = %e, "the target rejects this message for good: dead-lettered");
+                let detail = format!("the target rejected the message: {e}");
+                let outcome = self.dead_letter(work, &msg, Reason::HandlerFailed, &detail, dlq).await;
+                if outcome.is_settled() {
+                    bump(&self.counters.poison);
+                    self.move_past(work, msg.seq);
+                    if let Some(i) = source.index() {
+                        outcomes[i] = outcome;
+                    }
+                    return Ok(Step::Continue);
+                }
+                e
+            }
+            Err(HandlerError::Retryable(e)) if self.breaker.failed(&work.context_id) => {
+                // An outage of the target, not poison: back off, count no attempt.
+                bump(&self.counters.outage_retries);
+                let previous = work.state.retry.as_ref().filter(|r| r.seq == msg.seq);
+                let outage_retries = previous.map_or(0, |r| r.outage_retries) + 1;
+                let not_before = now.plus(retry_backoff(outage_retries));
+                tracing::warn!(context_id = %work.context_id, seq = msg.seq, error = %e, retry_at = not_before.0, "the target is out: retrying later, no attempt counted");
                 work.state.retry = Some(RetryState {
                     seq: msg.seq,
-                    attempts: failures + 1,
-                    not_before: now.plus(retry_backoff(failures + 1)),
+                    attempts: failures,
+                    not_before,
                     last_error: e,
+                    outage_retries,
                 });
                 work.dirty = true;
                 self.keep_waiting(work, msg, source, outcomes);
                 return Ok(Step::Stall);
             }
-            Err(HandlerError::Retryable(e) | HandlerError::Permanent(e) | HandlerError::Rejected(e)) => e,
+            Err(HandlerError::Retryable(e)) if failures + 1 < self.config.max_attempts => {
+                bump(&self.counters.handler_retries);
+                let not_before = now.plus(retry_backoff(failures + 1));
+                tracing::info!(context_id = %work.context_id, seq = msg.seq, attempt = failures + 1, error = %e, retry_at = not_before.0, "handler failed: retrying");
+                work.state.retry = Some(RetryState {
+                    seq: msg.seq,
+                    attempts: failures + 1,
+                    not_before,
+                    last_error: e,
+                    outage_retries: 0,
+                });
+                work.dirty = true;
+                self.keep_waiting(work, msg, source, outcomes);
+                return Ok(Step::Stall);
+            }
+            Err(HandlerError::Retryable(e) | HandlerError::Permanent(e)) => e,
         };
         bump(&self.counters.poison);
         let attempts = failures + 1;
@@ -957,6 +1246,14 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             }
         }
         bump(&self.counters.blocked);
+        tracing::error!(
+            context_id = %work.context_id,
+            seq = msg.seq,
+            message_id = %msg.message_id,
+            attempts,
+            error = %error,
+            "poison message: the context is blocked at this position until an operator retries or skips it"
+        );
         work.state.retry = None;
         work.state.blocked = Some(Blocked {
             seq: msg.seq,
@@ -1026,43 +1323,82 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     async fn expire<D: DeadLetterSink>(&self, work: &mut Work, now: Millis, dlq: &D) -> Result<(), StoreError> {
         // Measured as an age, not against `now - retention`, which saturates at the epoch.
         let retention = self.config.retention;
+        if work.state.expiry_retry.as_ref().is_some_and(|r| now < r.not_before) {
+            return Ok(());
+        }
         let mut from = work.state.next;
         let mut remaining = Waiting::default();
+        // Expired messages the DLQ did not take, and why: they stay staged.
+        let mut undelivered: Vec<u64> = Vec::new();
+        let mut last_error = String::new();
         loop {
             let page = self.store.staged(&work.context_id, from, u64::MAX, PAGE).await?;
             let full = page.len() == PAGE;
             for msg in &page {
                 from = msg.seq.saturating_add(1);
-                if now.since(msg.received_at) < retention {
-                    remaining.count += 1;
-                    remaining.oldest_received_at = Some(
-                        remaining
-                            .oldest_received_at
-                            .map_or(msg.received_at, |t| t.min(msg.received_at)),
+                let expired = now.since(msg.received_at) >= retention;
+                if expired && undelivered.is_empty() {
+                    let detail = format!(
+                        "context {} position {} waited longer than the retention ({})",
+                        work.context_id, msg.seq, self.config.retention
                     );
-                    continue;
+                    match self.dead_letter(work, msg, Reason::Expired, &detail, dlq).await {
+                        Outcome::Held(hold) => last_error = format!("{hold:?}"),
+                        _ => {
+                            bump(&self.counters.expired);
+                            tracing::warn!(context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, "waited longer than the retention: dead-lettered expired");
+                            work.remove_staged.push(msg.seq);
+                            work.dirty = true;
+                            continue;
+                        }
+                    }
                 }
-                let detail = format!(
-                    "context {} position {} waited longer than the retention ({})",
-                    work.context_id, msg.seq, self.config.retention
+                if expired {
+                    undelivered.push(msg.seq);
+                }
+                remaining.count += 1;
+                remaining.oldest_received_at = Some(
+                    remaining
+                        .oldest_received_at
+                        .map_or(msg.received_at, |t| t.min(msg.received_at)),
                 );
-                bump(&self.counters.expired);
-                if !self
-                    .dead_letter(work, msg, Reason::Expired, &detail, dlq)
-                    .await
-                    .is_settled()
-                {
-                    return Err(StoreError::Unavailable(format!(
-                        "could not dead-letter expired message {} of context {}",
-                        msg.seq, work.context_id
-                    )));
-                }
-                work.remove_staged.push(msg.seq);
-                work.dirty = true;
             }
             if !full {
                 break;
             }
+        }
+        if undelivered.is_empty() {
+            if work.state.expiry_retry.take().is_some() {
+                work.dirty = true;
+            }
+        } else {
+            // Never silently, never in a hot loop, never to the store's own expiry: the
+            // sweep backs off, and the store keeps the messages beyond the next try.
+            let attempts = work.state.expiry_retry.as_ref().map_or(0, |r| r.attempts) + 1;
+            let delay = Duration::from_millis(retry_backoff(attempts).0.saturating_mul(5));
+            let not_before = now.plus(delay);
+            self.counters
+                .expiry_failures
+                .fetch_add(undelivered.len() as u64, Relaxed);
+            tracing::error!(
+                context_id = %work.context_id,
+                count = undelivered.len(),
+                first_seq = undelivered[0],
+                attempts,
+                error = %last_error,
+                retry_at = not_before.0,
+                "expired messages could not be dead-lettered (is a DLQ configured and reachable?); they stay staged \
+                 and the sweep tries again"
+            );
+            self.store
+                .keep_staged(&work.context_id, &undelivered, not_before.plus(retention))
+                .await?;
+            work.state.expiry_retry = Some(ExpiryRetry {
+                attempts,
+                not_before,
+                last_error,
+            });
+            work.dirty = true;
         }
         work.view = StoreView::empty();
         for seq in &work.remove_staged {
@@ -1103,7 +1439,22 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     /// the state. If either fails, nothing released in this batch is settled.
     /// Returns whether the context must be drained again: with leases, a message may have
     /// become releasable while this worker held the lease or waited for it (see `woken`).
-    async fn finish<D: DeadLetterSink>(&self, mut work: Work, now: Millis, dlq: &D, outcomes: &mut [Outcome]) -> bool {
+    async fn finish<D: DeadLetterSink>(
+        &self,
+        mut work: Work,
+        now: Millis,
+        dlq: &D,
+        outcomes: &mut [Outcome],
+    ) -> Finished {
+        let lease_elsewhere = self.config.lease.is_some()
+            && work
+                .state
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.owner != work.lease_holder && now < l.until);
+        // The lease holder writes the state; a write here would only make its commit lose
+        // the version race. What this work staged, the holder or `woken` finds.
+        let state_writable = work.leased || !(work.busy || lease_elsewhere);
         let mut staged_since: Option<Millis> = None;
         if work.failed.is_none() {
             let pending = std::mem::replace(&mut work.pending, SeqMap::new());
@@ -1115,17 +1466,36 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                     }
                     Ok(StageOutcome::AlreadyStaged) => {
                         bump(&self.counters.duplicates);
+                        work.saw_copy = true;
                         outcomes[p.index] = Outcome::Duplicate;
+                    }
+                    Ok(StageOutcome::TooLarge { .. }) if !state_writable => {
+                        // Its position must be recorded as dead-lettered in the state, which
+                        // only the lease holder writes: the source brings it back later.
+                        outcomes[p.index] = Outcome::Held(Hold::Busy);
                     }
                     Ok(StageOutcome::TooLarge { limit_bytes }) => {
                         let detail = format!(
                             "context {} position {}: the staging store cannot hold this body of {} bytes: it \
-                             allows {limit_bytes} bytes once compressed",
+                             allows {limit_bytes} bytes once compressed; the position is skipped",
                             work.context_id,
                             p.msg.seq,
                             p.msg.body.len()
                         );
+                        tracing::warn!(context_id = %work.context_id, seq = p.msg.seq, message_id = %p.msg.message_id, "too large to stage: dead-lettered, its position is skipped");
                         outcomes[p.index] = self.dead_letter(&work, &p.msg, Reason::TooLarge, &detail, dlq).await;
+                        if outcomes[p.index].is_settled() {
+                            // A dead-lettered position must not leave a hole the cursor can
+                            // never pass: it is recorded like a skipped one.
+                            work.state.record_skip(p.msg.seq, p.msg.seq);
+                            if work.state.retry.as_ref().is_some_and(|r| r.seq == p.msg.seq) {
+                                work.state.retry = None;
+                            }
+                            if work.state.blocked.as_ref().is_some_and(|b| b.seq == p.msg.seq) {
+                                work.state.blocked = None;
+                            }
+                            work.dirty = true;
+                        }
                     }
                     Ok(StageOutcome::Conflict) => {
                         bump(&self.counters.conflicts);
@@ -1133,6 +1503,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                             "context {} position {} was already staged with a different body; the first copy wins",
                             work.context_id, p.msg.seq
                         );
+                        tracing::warn!(context_id = %work.context_id, seq = p.msg.seq, message_id = %p.msg.message_id, "conflicting copy: dead-lettered");
                         outcomes[p.index] = self.dead_letter(&work, &p.msg, Reason::Conflict, &detail, dlq).await;
                     }
                     Err(err) => {
@@ -1155,21 +1526,20 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             // written, or every sweep would find it again.
             work.dirty = true;
         }
-        let lease_elsewhere = self.config.lease.is_some()
-            && work
-                .state
-                .lease
-                .as_ref()
-                .is_some_and(|l| l.owner != work.lease_holder && now < l.until);
-        if (work.busy || lease_elsewhere) && !work.leased {
-            // The lease holder writes the state; a write here would only make its commit
-            // lose the version race. What this work staged, the holder or `woken` finds.
+        if !state_writable {
             work.dirty = false;
         }
         if work.failed.is_none() && work.dirty {
             work.state.updated_at = now;
-            let due_at = self.due_at(&work.state);
-            work.state.due_at = Some(if work.cut { due_at.min(now) } else { due_at });
+            let mut due_at = self.due_at(&work.state);
+            if work.cut {
+                due_at = due_at.min(now);
+            }
+            if let Some(lease) = self.config.lease.as_ref().filter(|_| work.recheck && work.leased) {
+                // If the check after this commit is lost, a sweep still comes.
+                due_at = due_at.min(now.plus(lease.duration));
+            }
+            work.state.due_at = Some(due_at);
             let commit = Commit {
                 expected_version: work.loaded_version,
                 state: if work.forget { None } else { Some(work.state.clone()) },
@@ -1196,61 +1566,72 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             for i in work.released.iter().copied().chain(unwritten) {
                 outcomes[i] = Outcome::Held(Hold::Failed(err.clone()));
             }
-            return false;
+            return Finished::Failed(err);
         }
         if work.cut {
             // Due at once: the next sweep carries on where the deadline stopped this one.
-            return false;
+            return Finished::Done;
         }
         let staged_any = staged_since.is_some();
-        self.config.lease.is_some()
-            && (work.leased || work.busy || staged_any)
-            && self.woken(&work.context_id, now).await
+        let check = self.config.lease.is_some() && (work.leased || work.busy || staged_any || work.saw_copy);
+        if !check {
+            return Finished::Done;
+        }
+        match self.woken(&work.context_id, now).await {
+            Ok(true) => Finished::Wake,
+            Ok(false) => Finished::Done,
+            Err(err) => Finished::Unchecked(err.to_string()),
+        }
     }
 
     /// The lost-wakeup check of the lease protocol. A holder gives the lease back in its
     /// commit and then looks at the cursor's position; a worker that staged while another
     /// held the lease looks at the state after staging. Each writes, then reads what the
     /// other writes, so at least one of them sees the message that became releasable.
-    async fn woken(&self, context_id: &str, now: Millis) -> bool {
-        let Ok(Some(state)) = self.store.load(context_id).await else {
-            return false;
+    /// An error is not "nothing to do": the caller makes sure someone looks again.
+    async fn woken(&self, context_id: &str, now: Millis) -> Result<bool, StoreError> {
+        let Some(state) = self.store.load(context_id).await? else {
+            return Ok(false);
         };
         let held = state.lease.as_ref().is_some_and(|l| now < l.until);
         let stalled = state.blocked.is_some() || state.retry.as_ref().is_some_and(|r| now < r.not_before);
         if held || stalled {
-            return false;
+            return Ok(false);
         }
         let next = state.next;
-        self.store
-            .staged(context_id, next, next, 1)
-            .await
-            .is_ok_and(|found| !found.is_empty())
+        Ok(!self.store.staged(context_id, next, next, 1).await?.is_empty())
     }
 
     /// Releases what became releasable in a context outside any batch (after a wakeup),
     /// again and again while more became releasable meanwhile: stopping early would strand
     /// what others staged during this worker's lease. Each round releases something or
     /// finds the lease taken (then its holder checks), so the loop ends when traffic does;
-    /// the bound only guards against a livelock.
+    /// the bound only guards against a livelock. An error says the context may still hold
+    /// a releasable message: the caller makes sure someone looks again.
     async fn drain<H: Handler, D: DeadLetterSink>(
         &self,
         context_id: &str,
         handler: &H,
         dlq: &D,
         deadline: Option<Millis>,
-    ) {
+        recheck: bool,
+    ) -> Result<(), String> {
         for _ in 0..10_000 {
             let now = self.clock.now();
             let mut work = self.load(context_id, deadline).await;
-            if work.failed.is_none()
-                && let Err(err) = self.advance(&mut work, now, handler, dlq, &mut []).await
-            {
+            work.recheck = recheck;
+            if let Some(err) = work.failed.clone() {
+                return Err(err);
+            }
+            if let Err(err) = self.advance(&mut work, now, handler, dlq, &mut []).await {
                 work.failed = Some(err.to_string());
             }
-            if !self.finish(work, now, dlq, &mut []).await {
-                return;
+            match self.finish(work, now, dlq, &mut []).await {
+                Finished::Wake => continue,
+                Finished::Done => return Ok(()),
+                Finished::Failed(err) | Finished::Unchecked(err) => return Err(err),
             }
         }
+        Ok(())
     }
 }

@@ -40,6 +40,23 @@ pub struct RetryState {
     pub attempts: u32,
     pub not_before: Millis,
     pub last_error: String,
+    /// Failures while the target was out for every context (the circuit was open): they
+    /// back the retry off but count no attempt (SPEC §3: an outage is not poison).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub outage_retries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Waiting messages reached the retention but could not be dead-lettered (no DLQ, or it
+/// failed): the sweep tries again at `not_before`, backing off, and the store keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiryRetry {
+    pub attempts: u32,
+    pub not_before: Millis,
+    pub last_error: String,
 }
 
 /// The context stopped at `seq` (`--on-poison block`) until an operator acts.
@@ -91,6 +108,8 @@ pub struct ContextState {
     /// computed by the engine at each commit. Stores index it: [`StagingStore::due`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry_retry: Option<ExpiryRetry>,
 }
 
 impl ContextState {
@@ -107,6 +126,7 @@ impl ContextState {
             updated_at: Millis(0),
             waiting_since: None,
             due_at: None,
+            expiry_retry: None,
         }
     }
 
@@ -256,6 +276,21 @@ pub trait StagingStore: Send + Sync {
 
     /// Makes every write so far durable.
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Keeps the staged messages `seqs` of a context at least until `until`: a store that
+    /// expires items on its own (DynamoDB TTL) pushes their expiry out. The engine calls it
+    /// for waiting messages past the retention that could not be dead-lettered yet, so that
+    /// a store-level expiry never takes a waiting message (SPEC §2). Stores without
+    /// expiry have nothing to do.
+    fn keep_staged(
+        &self,
+        context_id: &str,
+        seqs: &[u64],
+        until: Millis,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (context_id, seqs, until);
+        async { Ok(()) }
+    }
 }
 
 /// Several engines (workers) may share one store.
@@ -294,5 +329,13 @@ impl<S: StagingStore> StagingStore for std::sync::Arc<S> {
     }
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).flush()
+    }
+    fn keep_staged(
+        &self,
+        context_id: &str,
+        seqs: &[u64],
+        until: Millis,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).keep_staged(context_id, seqs, until)
     }
 }

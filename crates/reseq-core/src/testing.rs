@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::time::Millis;
 use bytes::Bytes;
 
 use crate::handler::{DeadLetter, DeadLetterSink, Handler, HandlerError, Release, SinkError};
@@ -141,9 +142,10 @@ pub enum Op {
     Commit,
     Due,
     Flush,
+    Keep,
 }
 
-const OPS: [Op; 7] = [
+const OPS: [Op; 8] = [
     Op::Load,
     Op::Stage,
     Op::Staged,
@@ -151,12 +153,13 @@ const OPS: [Op; 7] = [
     Op::Commit,
     Op::Due,
     Op::Flush,
+    Op::Keep,
 ];
 
 /// Wraps a store: counts each operation and fails the ones switched to failing.
 pub struct CountingStore<S> {
     pub inner: S,
-    counts: [AtomicU64; 7],
+    counts: [AtomicU64; 8],
     failing: Mutex<Vec<Op>>,
     /// The operation to fail once, after letting `nth` calls of it through.
     armed: Mutex<Option<(Op, u32)>>,
@@ -256,5 +259,9 @@ impl<S: StagingStore> StagingStore for CountingStore<S> {
     async fn flush(&self) -> Result<(), StoreError> {
         self.enter(Op::Flush)?;
         self.inner.flush().await
+    }
+    async fn keep_staged(&self, context_id: &str, seqs: &[u64], until: Millis) -> Result<(), StoreError> {
+        self.enter(Op::Keep)?;
+        self.inner.keep_staged(context_id, seqs, until).await
     }
 }

@@ -122,6 +122,7 @@ fn to_state(s: &NewState) -> ContextState {
             attempts: 1,
             not_before: Millis(t),
             last_error: "e".into(),
+            outage_retries: 0,
         }),
         blocked: s.blocked.then(|| Blocked {
             seq: s.next,
