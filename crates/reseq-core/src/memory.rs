@@ -36,11 +36,22 @@ fn entry_mut<'a>(m: &'a mut HashMap<String, Entry>, context_id: &str) -> &'a mut
 #[derive(Default)]
 pub struct MemoryStore {
     contexts: Mutex<HashMap<String, Entry>>,
+    /// The largest body it stages, like DynamoDB's item limit; `None`: any size.
+    body_limit: Option<usize>,
 }
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// A store that refuses to stage bodies over `bytes` ([`StageOutcome::TooLarge`]), as
+    /// a store with an item limit does: lets tests drive the engine's too-large path.
+    pub fn with_body_limit(bytes: usize) -> MemoryStore {
+        MemoryStore {
+            body_limit: Some(bytes),
+            ..MemoryStore::default()
+        }
     }
 
     /// How many messages wait in every context together.
@@ -62,6 +73,9 @@ impl StagingStore for MemoryStore {
     }
 
     async fn stage(&self, context_id: &str, msg: &StagedMessage) -> Result<StageOutcome, StoreError> {
+        if let Some(limit_bytes) = self.body_limit.filter(|limit| msg.body.len() > *limit) {
+            return Ok(StageOutcome::TooLarge { limit_bytes });
+        }
         Ok(self.with(|m| {
             let entry = entry_mut(m, context_id);
             match entry.staged.get(&msg.seq) {

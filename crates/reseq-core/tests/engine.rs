@@ -19,9 +19,13 @@ struct Rig {
 
 impl Rig {
     fn new(config: EngineConfig) -> Rig {
+        Rig::with_store(MemoryStore::new(), config)
+    }
+
+    fn with_store(store: MemoryStore, config: EngineConfig) -> Rig {
         let clock = Arc::new(ManualClock::new(Millis(1_000_000)));
         Rig {
-            engine: Engine::new(CountingStore::new(MemoryStore::new()), clock.clone(), config),
+            engine: Engine::new(CountingStore::new(store), clock.clone(), config),
             clock,
             handler: RecordingHandler::new(),
             dlq: RecordingDlq::new(),
@@ -708,4 +712,288 @@ async fn two_calls_of_one_engine_never_hold_a_context_lease_together() {
     );
     assert_eq!(rig.handler.seqs("a"), vec![1], "position 1 reached the handler once");
     assert_eq!(rig.state("a").await.next, 2);
+}
+
+// ------------------------------------------------- found by hostile testing (issue 8)
+
+fn final_msg(rig: &Rig, ctx: &str, seq: u64) -> Envelope {
+    Envelope {
+        is_final: true,
+        ..rig.msg(ctx, seq)
+    }
+}
+
+#[tokio::test]
+async fn nothing_after_the_final_position_is_released_whatever_the_arrival_order() {
+    // 2 (final) and 3 wait, then 1 arrives: 1 and 2 are released, 3 is late.
+    let rig = Rig::new(cfg());
+    let first = rig.send(vec![final_msg(&rig, "f", 2), rig.msg("f", 3)]).await;
+    assert_eq!(first, vec![Outcome::Staged, Outcome::Staged]);
+    assert_eq!(rig.one("f", 1).await, Outcome::Released);
+    assert_eq!(rig.handler.seqs("f"), vec![1, 2]);
+    assert_eq!(rig.dlq.reasons(), vec![Reason::Late]);
+    assert_eq!(rig.dlq.letters()[0].seq, 3);
+    let state = rig.state("f").await;
+    assert_eq!((state.final_seq, state.waiting_since), (Some(2), None));
+    assert!(rig.engine.store().inner.staged("f", 3, 3, 1).await.unwrap().is_empty());
+
+    // The same in one batch, and fed in order: the same outcome.
+    for batch in [
+        vec![final_msg(&rig, "g", 2), rig.msg("g", 3), rig.msg("g", 1)],
+        vec![rig.msg("h", 1), final_msg(&rig, "h", 2), rig.msg("h", 3)],
+    ] {
+        let ctx = batch[0].context_id.clone();
+        rig.send(batch).await;
+        assert_eq!(rig.handler.seqs(&ctx), vec![1, 2], "context {ctx}");
+    }
+    assert_eq!(rig.dlq.reasons(), vec![Reason::Late; 3]);
+}
+
+#[tokio::test]
+async fn a_position_below_the_first_is_dead_lettered_not_counted_as_a_duplicate() {
+    let rig = Rig::new(cfg());
+    let outcomes = rig.send(vec![rig.msg("a", 0), rig.msg("a", 1)]).await;
+    assert_eq!(
+        outcomes,
+        vec![Outcome::DeadLettered(Reason::InvalidSequence), Outcome::Released]
+    );
+    assert!(rig.dlq.letters()[0].detail.contains("--first-seq"));
+    assert_eq!(rig.engine.stats().duplicates, 0);
+}
+
+#[tokio::test]
+async fn a_held_message_that_keeps_coming_back_is_staged_beyond_the_window() {
+    let rig = Rig::new(EngineConfig {
+        max_staged: 2,
+        stage_held_after: Some(3),
+        ..cfg()
+    });
+    let received = |n: u32| Envelope {
+        receive_count: n,
+        ..rig.msg("a", 10)
+    };
+    assert_eq!(rig.send(vec![received(1)]).await, vec![Outcome::Held(Hold::Capacity)]);
+    assert_eq!(rig.send(vec![received(2)]).await, vec![Outcome::Held(Hold::Capacity)]);
+    assert_eq!(rig.send(vec![received(3)]).await, vec![Outcome::Staged]);
+    rig.send((1..10).map(|s| rig.msg("a", s)).collect()).await;
+    assert_eq!(rig.handler.seqs("a"), (1..=10).collect::<Vec<_>>());
+    assert_eq!(rig.engine.stats().held_then_staged, 1);
+}
+
+#[tokio::test]
+async fn a_position_too_large_to_stage_is_dead_lettered_and_skipped_not_a_hole() {
+    let rig = Rig::with_store(MemoryStore::with_body_limit(10), cfg());
+    let big = rig.body("a", 2, "a body over ten bytes");
+    assert_eq!(
+        rig.send(vec![big, rig.msg("a", 3)]).await,
+        vec![Outcome::DeadLettered(Reason::TooLarge), Outcome::Staged]
+    );
+    assert_eq!(rig.one("a", 1).await, Outcome::Released);
+    assert_eq!(
+        rig.handler.seqs("a"),
+        vec![1, 3],
+        "the cursor passes the dead-lettered position"
+    );
+    let delivered = rig.handler.delivered();
+    assert_eq!(delivered[1].prev_seq, Some(1));
+    assert_eq!(rig.state("a").await.next, 4);
+}
+
+#[tokio::test]
+async fn a_message_the_target_rejects_is_dead_lettered_even_under_block() {
+    let rig = Rig::new(cfg());
+    rig.handler.fail(
+        "a",
+        1,
+        vec![HandlerError::Rejected("1048600 bytes: over the 1048576 limit".into())],
+    );
+    let outcomes = rig.send(vec![rig.msg("a", 1), rig.msg("a", 2)]).await;
+    assert_eq!(
+        outcomes,
+        vec![Outcome::DeadLettered(Reason::HandlerFailed), Outcome::Released]
+    );
+    assert!(rig.dlq.letters()[0].detail.contains("1048576"));
+    assert!(rig.state("a").await.blocked.is_none());
+}
+
+#[tokio::test]
+async fn an_outage_of_the_target_across_contexts_is_not_poison() {
+    // Every context fails retryably for longer than max_attempts would allow; once the
+    // target answers again everything flows, no context blocked, in order.
+    let rig = Rig::new(EngineConfig {
+        max_attempts: 2,
+        ..cfg()
+    });
+    let contexts = ["c1", "c2", "c3", "c4", "c5"];
+    for ctx in contexts {
+        rig.handler
+            .fail(ctx, 1, vec![HandlerError::Retryable("503".into()); 12]);
+    }
+    let batch = contexts.iter().flat_map(|c| [rig.msg(c, 1), rig.msg(c, 2)]).collect();
+    rig.send(batch).await;
+    for _ in 0..40 {
+        rig.clock.advance(Duration::from_secs(61));
+        rig.sweep().await;
+    }
+    for ctx in contexts {
+        assert_eq!(rig.handler.seqs(ctx), vec![1, 2], "context {ctx}");
+        assert!(rig.state(ctx).await.blocked.is_none(), "context {ctx}");
+    }
+    let stats = rig.engine.stats();
+    assert_eq!(stats.blocked, 0);
+    assert!(stats.outage_retries > 0);
+}
+
+#[tokio::test]
+async fn one_context_failing_alone_still_becomes_poison() {
+    let rig = Rig::new(EngineConfig {
+        max_attempts: 2,
+        ..cfg()
+    });
+    rig.handler.fail("a", 1, vec![HandlerError::Retryable("bad".into()); 5]);
+    rig.one("a", 1).await;
+    for _ in 0..5 {
+        rig.clock.advance(Duration::from_secs(61));
+        rig.sweep().await;
+    }
+    assert!(rig.state("a").await.blocked.is_some());
+}
+
+#[tokio::test]
+async fn an_expired_message_the_dlq_cannot_take_backs_off_and_stays_staged() {
+    let rig = Rig::new(EngineConfig {
+        retention: Duration::from_secs(3600),
+        ..cfg()
+    });
+    rig.one("a", 2).await;
+    rig.dlq.set_unavailable(true);
+    rig.clock.advance(Duration::from_secs(3601));
+    assert_eq!(rig.sweep().await, 1);
+    let state = rig.state("a").await;
+    let retry = state.expiry_retry.clone().expect("the failure is recorded");
+    assert!(
+        retry.not_before > reseq_core::Clock::now(&*rig.clock),
+        "backs off: not due again at once"
+    );
+    assert_eq!(rig.sweep().await, 0, "no hot loop");
+    assert_eq!(rig.engine.stats().expiry_failures, 1);
+    assert_eq!(rig.engine.store().count(Op::Keep), 1, "the store is told to keep it");
+    assert_eq!(rig.engine.store().inner.staged("a", 2, 2, 1).await.unwrap().len(), 1);
+    rig.dlq.set_unavailable(false);
+    rig.clock.advance(Duration::from_secs(600));
+    assert_eq!(rig.sweep().await, 1);
+    assert_eq!(rig.dlq.reasons(), vec![Reason::Expired]);
+    assert!(rig.state("a").await.expiry_retry.is_none());
+}
+
+/// A store whose `nth` next load never completes: dropping the future then is a crash at
+/// that await point.
+struct HangingStore {
+    inner: CountingStore<MemoryStore>,
+    hang_after: std::sync::atomic::AtomicI64,
+}
+
+impl StagingStore for HangingStore {
+    async fn load(&self, context_id: &str) -> Result<Option<reseq_core::ContextState>, reseq_core::StoreError> {
+        if self.hang_after.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            std::future::pending::<()>().await;
+        }
+        self.inner.load(context_id).await
+    }
+    async fn stage(
+        &self,
+        context_id: &str,
+        msg: &reseq_core::StagedMessage,
+    ) -> Result<reseq_core::StageOutcome, reseq_core::StoreError> {
+        self.inner.stage(context_id, msg).await
+    }
+    async fn staged(
+        &self,
+        context_id: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<reseq_core::StagedMessage>, reseq_core::StoreError> {
+        self.inner.staged(context_id, from, to, limit).await
+    }
+    async fn waiting(&self, context_id: &str, from: u64) -> Result<reseq_core::Waiting, reseq_core::StoreError> {
+        self.inner.waiting(context_id, from).await
+    }
+    async fn commit(
+        &self,
+        context_id: &str,
+        commit: &reseq_core::Commit,
+    ) -> Result<reseq_core::CommitOutcome, reseq_core::StoreError> {
+        self.inner.commit(context_id, commit).await
+    }
+    async fn due(&self, query: &reseq_core::DueQuery) -> Result<Vec<String>, reseq_core::StoreError> {
+        self.inner.due(query).await
+    }
+    async fn flush(&self) -> Result<(), reseq_core::StoreError> {
+        self.inner.flush().await
+    }
+}
+
+fn leased() -> EngineConfig {
+    EngineConfig {
+        lease: Some(reseq_core::engine::LeaseConfig {
+            owner: "w".into(),
+            duration: Duration::from_secs(30),
+        }),
+        ..cfg()
+    }
+}
+
+/// Position 1 staged at the cursor by a worker that lost the race (it saw another's
+/// lease), the lease since given back: only a lost-wakeup check can find it.
+async fn stranded_at_the_cursor(store: &impl StagingStore, ctx: &str) {
+    let mut one = reseq_core::StagedMessage::from_envelope(Envelope::new(ctx, 1, "a:1"));
+    one.received_at = Millis(1_000_000);
+    store.stage(ctx, &one).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_store_error_in_the_lost_wakeup_check_gives_the_batch_back_and_its_redelivery_drains() {
+    let rig = Rig::new(leased());
+    stranded_at_the_cursor(rig.engine.store(), "a").await;
+    // The batch's own load is the first; the lost-wakeup check's the second.
+    rig.engine.store().arm_fault(Op::Load, 1);
+    let outcomes = rig.send(vec![rig.msg("a", 2)]).await;
+    assert!(rig.engine.store().disarm_fault(), "the check's load failed");
+    assert!(
+        matches!(outcomes[0], Outcome::Held(Hold::Failed(_))),
+        "not settled, so the source delivers it again: {outcomes:?}"
+    );
+    assert!(rig.handler.seqs("a").is_empty());
+    // The redelivery is a copy of a staged message: it looks again, and drains.
+    assert_eq!(rig.send(vec![rig.msg("a", 2)]).await, vec![Outcome::Duplicate]);
+    assert_eq!(rig.handler.seqs("a"), vec![1, 2]);
+    assert_eq!(rig.engine.stats().wakeups_failed, 1);
+}
+
+#[tokio::test]
+async fn a_crash_between_the_lost_wakeup_check_and_the_drain_is_repaired_by_the_redelivery() {
+    let clock = Arc::new(ManualClock::new(Millis(1_000_000)));
+    let store = Arc::new(HangingStore {
+        inner: CountingStore::new(MemoryStore::new()),
+        hang_after: std::sync::atomic::AtomicI64::new(i64::MAX),
+    });
+    stranded_at_the_cursor(&store, "a").await;
+    let handler = RecordingHandler::new();
+    let dlq = RecordingDlq::new();
+    let crashing = Engine::new(store.clone(), clock.clone(), leased());
+    // Loads: the batch's (0), the check's (1), the drain's (2): the worker dies there.
+    store.hang_after.store(2, std::sync::atomic::Ordering::SeqCst);
+    let batch = vec![Envelope::new("a", 2, "a:2")];
+    let crashed = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        crashing.process(batch.clone(), &handler, &dlq),
+    )
+    .await;
+    assert!(crashed.is_err(), "the worker died in the drain");
+    assert!(handler.seqs("a").is_empty());
+    // Nothing was acknowledged: SQS delivers the batch again, to another worker.
+    let other = Engine::new(store.clone(), clock.clone(), leased());
+    assert_eq!(other.process(batch, &handler, &dlq).await, vec![Outcome::Duplicate]);
+    assert_eq!(handler.seqs("a"), vec![1, 2], "the redelivery drained the context");
 }
