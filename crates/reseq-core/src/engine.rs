@@ -746,7 +746,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         // on a FIFO queue it blocks its group, and the message that moves the cursor may
         // be behind it; and the queue's redrive must not take a valid message away.
         if seq - work.state.next > self.config.max_staged {
-            if !self.config.stage_held_after.is_some_and(|n| receive_count >= n) {
+            if self.config.stage_held_after.is_none_or(|n| receive_count < n) {
                 outcomes[index] = Outcome::Held(Hold::Capacity);
                 return Ok(());
             }

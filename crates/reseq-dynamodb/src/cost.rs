@@ -21,7 +21,7 @@ pub struct Cost {
     pub query_pages: u64,
     /// `PutItem` requests (writes).
     pub put_item: u64,
-    /// `UpdateItem` requests (writes; this store sends none today).
+    /// `UpdateItem` requests (writes: a waiting item's TTL pushed out, see `keep_staged`).
     pub update_item: u64,
     /// `DeleteItem` requests (writes).
     pub delete_item: u64,
@@ -52,6 +52,7 @@ pub(crate) enum Request {
     GetItem,
     QueryPage,
     PutItem,
+    UpdateItem,
     DeleteItem,
     TransactWriteItems,
     BatchWriteItem,
@@ -89,6 +90,7 @@ pub(crate) struct Counters {
     get_item: AtomicU64,
     query_pages: AtomicU64,
     put_item: AtomicU64,
+    update_item: AtomicU64,
     delete_item: AtomicU64,
     transact_write_items: AtomicU64,
     batch_write_item: AtomicU64,
@@ -103,6 +105,7 @@ impl Counters {
             Request::GetItem => &self.get_item,
             Request::QueryPage => &self.query_pages,
             Request::PutItem => &self.put_item,
+            Request::UpdateItem => &self.update_item,
             Request::DeleteItem => &self.delete_item,
             Request::TransactWriteItems => &self.transact_write_items,
             Request::BatchWriteItem => &self.batch_write_item,
@@ -128,7 +131,7 @@ impl Counters {
             get_item: get(&self.get_item),
             query_pages: get(&self.query_pages),
             put_item: get(&self.put_item),
-            update_item: 0,
+            update_item: get(&self.update_item),
             delete_item: get(&self.delete_item),
             transact_write_items: get(&self.transact_write_items),
             batch_write_item: get(&self.batch_write_item),
@@ -142,6 +145,7 @@ impl Counters {
             &self.get_item,
             &self.query_pages,
             &self.put_item,
+            &self.update_item,
             &self.delete_item,
             &self.transact_write_items,
             &self.batch_write_item,

@@ -133,6 +133,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, CancellationReason, Delete, DeleteRequest, Put, ReturnConsumedCapacity,
     ReturnValuesOnConditionCheckFailure, TransactWriteItem, WriteRequest,
@@ -172,7 +173,8 @@ const FORGET_ROUND: usize = 1000;
 #[derive(Clone, Debug)]
 pub struct DynamoConfig {
     /// How long after its arrival (or its staging, if later) a staged item may be removed
-    /// by TTL. Keep it well above the engine's retention (see the crate documentation).
+    /// by TTL: beyond the engine's retention, with a margin ([`DynamoConfig::for_retention`];
+    /// [`DynamoConfig::check_retention`] refuses less).
     pub staged_ttl: Duration,
     /// Attempts per request, first included (SDK standard retry mode).
     pub max_attempts: u32,
@@ -184,9 +186,41 @@ pub struct DynamoConfig {
     pub operation_timeout: Duration,
 }
 
+/// The least a staged item's TTL must outlast the retention by: room for the sweep that
+/// dead-letters a waiting message at the retention to run late.
+pub const TTL_MARGIN: Duration = Duration::from_secs(24 * 3600);
+
+impl DynamoConfig {
+    /// The settings for an engine whose `--retention` is `retention`: staged items live
+    /// twice the retention (at least [`TTL_MARGIN`] more), so that a waiting message is
+    /// dead-lettered `expired` by the sweep long before DynamoDB's TTL could remove it.
+    pub fn for_retention(retention: Duration) -> DynamoConfig {
+        DynamoConfig {
+            staged_ttl: retention.saturating_add(retention.max(TTL_MARGIN)),
+            ..DynamoConfig::default()
+        }
+    }
+
+    /// Refuses a TTL that would not outlast `retention` by [`TTL_MARGIN`]: DynamoDB could
+    /// then delete a waiting message before the engine dead-letters it (SPEC §2).
+    pub fn check_retention(&self, retention: Duration) -> Result<(), String> {
+        if self.staged_ttl < retention.saturating_add(TTL_MARGIN) {
+            return Err(format!(
+                "the staged items' TTL ({} s) must outlast --retention ({} s) by at least {} s, or DynamoDB could \
+                 delete a waiting message before it is dead-lettered",
+                self.staged_ttl.as_secs(),
+                retention.as_secs(),
+                TTL_MARGIN.as_secs()
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for DynamoConfig {
     fn default() -> DynamoConfig {
         DynamoConfig {
+            // Twice the engine's default 14-day retention (see `for_retention`).
             staged_ttl: Duration::from_secs(28 * 24 * 3600),
             max_attempts: 5,
             connect_timeout: Duration::from_secs(3),
@@ -885,6 +919,42 @@ impl StagingStore for DynamoStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// One `UpdateItem` per item, conditional on the item existing (it may have been
+    /// released and removed meanwhile): `ttl` becomes `until` plus [`TTL_MARGIN`], or
+    /// stays if it is later already.
+    async fn keep_staged(&self, context_id: &str, seqs: &[u64], until: Millis) -> Result<(), StoreError> {
+        let ttl = (until.0 / 1000).saturating_add(TTL_MARGIN.as_secs());
+        for &seq in seqs {
+            self.counters.sent(Request::UpdateItem);
+            let result = self
+                .client
+                .update_item()
+                .table_name(self.table())
+                .set_key(Some(codec::staged_key(context_id, seq)))
+                .update_expression("SET #ttl = :ttl")
+                .condition_expression("attribute_exists(#pk) AND (attribute_not_exists(#ttl) OR #ttl < :ttl)")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#ttl", TTL)
+                .expression_attribute_values(":ttl", codec::n(ttl))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await;
+            match result {
+                Ok(out) => self.counters.consumed(Request::UpdateItem, out.consumed_capacity()),
+                Err(err)
+                    if matches!(
+                        err.as_service_error(),
+                        Some(UpdateItemError::ConditionalCheckFailedException(_))
+                    ) => {}
+                Err(err) => {
+                    let what = format!("keeping waiting position {seq} of context {context_id:?} beyond its TTL");
+                    return Err(self.place.error("UpdateItem", &what, &err));
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -516,3 +516,80 @@ async fn every_field_survives_and_u64_extremes_are_exact() {
     assert_eq!(store.commit(&id, &c).await.unwrap(), CommitOutcome::Committed);
     assert_eq!(store.load(&id).await.unwrap(), Some(ContextState { version: 1, ..due }));
 }
+
+#[tokio::test]
+async fn the_staged_ttl_follows_the_retention_and_a_shorter_one_is_refused() {
+    let day = 24 * 3600;
+    let sixty_days = Duration::from_secs(60 * day);
+    let config = DynamoConfig::for_retention(sixty_days);
+    assert_eq!(config.staged_ttl.as_secs(), 120 * day, "twice the retention");
+    assert!(config.check_retention(sixty_days).is_ok());
+    assert_eq!(
+        DynamoConfig::for_retention(Duration::from_secs(3600))
+            .staged_ttl
+            .as_secs(),
+        3600 + day,
+        "at least a day beyond a short retention"
+    );
+    let err = DynamoConfig::default().check_retention(sixty_days).unwrap_err();
+    assert!(err.contains("--retention"), "{err}");
+
+    let Some(default_store) = common::store().await else {
+        return;
+    };
+    let store = DynamoStore::new(default_store.client().clone(), common::TABLE, config);
+    let id = common::unique("ttl-retention");
+    let before = unix_secs();
+    store.stage(&id, &message(1, "waits")).await.unwrap();
+    let ttl = match raw_item(&store, &id, 1).await.unwrap().get(TTL) {
+        Some(AttributeValue::N(n)) => n.parse::<u64>().unwrap(),
+        other => panic!("no ttl: {other:?}"),
+    };
+    assert!(ttl >= before + 120 * day, "a 60-day wait survives: {ttl}");
+}
+
+#[tokio::test]
+async fn keep_staged_pushes_a_waiting_items_ttl_out_and_never_in() {
+    let Some(store) = common::store().await else { return };
+    let id = common::unique("keep");
+    store.stage(&id, &message(1, "undeliverable")).await.unwrap();
+    let ttl_now = |item: Option<HashMap<String, AttributeValue>>| match item.unwrap().get(TTL) {
+        Some(AttributeValue::N(n)) => n.parse::<u64>().unwrap(),
+        other => panic!("no ttl: {other:?}"),
+    };
+    let first = ttl_now(raw_item(&store, &id, 1).await);
+    let later = Millis((first + 90 * 24 * 3600) * 1000);
+    store.reset_cost();
+    store.keep_staged(&id, &[1, 2], later).await.unwrap();
+    let kept = ttl_now(raw_item(&store, &id, 1).await);
+    assert!(kept >= later.0 / 1000, "pushed out: {first} -> {kept}");
+    assert!(
+        raw_item(&store, &id, 2).await.is_none(),
+        "no item is created for a missing position"
+    );
+    assert_eq!(store.cost().update_item, 2);
+    store.keep_staged(&id, &[1], Millis(1000)).await.unwrap();
+    assert_eq!(ttl_now(raw_item(&store, &id, 1).await), kept, "never brought forward");
+}
+
+#[tokio::test]
+async fn a_conflicting_copy_after_the_first_was_released_from_the_table_is_a_conflict() {
+    use reseq_core::testing::{RecordingDlq, RecordingHandler};
+    use reseq_core::{Engine, EngineConfig, Envelope, ManualClock, Outcome, Reason};
+    let Some(store) = common::store().await else { return };
+    let id = common::unique("late-conflict");
+    let engine = Engine::new(store, ManualClock::new(Millis(1_000)), EngineConfig::default());
+    let (handler, dlq) = (RecordingHandler::new(), RecordingDlq::new());
+    let msg = |seq: u64, body: &'static str| Envelope::new(id.clone(), seq, body);
+    engine.process(vec![msg(2, "two")], &handler, &dlq).await;
+    engine.process(vec![msg(1, "one")], &handler, &dlq).await;
+    assert_eq!(handler.seqs(&id), vec![1, 2], "2 was released from the table");
+    let copies = engine
+        .process(vec![msg(2, "two"), msg(2, "another two")], &handler, &dlq)
+        .await;
+    assert_eq!(
+        copies,
+        vec![Outcome::Duplicate, Outcome::DeadLettered(Reason::Conflict)]
+    );
+    assert_eq!(dlq.reasons(), vec![Reason::Conflict]);
+}
