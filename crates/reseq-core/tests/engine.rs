@@ -997,3 +997,28 @@ async fn a_crash_between_the_lost_wakeup_check_and_the_drain_is_repaired_by_the_
     assert_eq!(other.process(batch, &handler, &dlq).await, vec![Outcome::Duplicate]);
     assert_eq!(handler.seqs("a"), vec![1, 2], "the redelivery drained the context");
 }
+
+#[tokio::test]
+async fn a_lost_wakeup_after_a_sweep_release_is_found_by_a_later_sweep() {
+    let rig = Rig::new(leased());
+    rig.handler.fail("a", 1, vec![HandlerError::Retryable("once".into())]);
+    assert_eq!(rig.one("a", 1).await, Outcome::Staged);
+    rig.clock.advance(Duration::from_secs(1));
+    // While the sweep holds the lease to retry 1, another worker stages 2: it sees the
+    // lease and leaves 2 to the holder, whose check after its commit then fails.
+    let handler = SecondDelivery {
+        rig: &rig,
+        copy: std::sync::Mutex::new(Some(rig.msg("a", 2))),
+        second: std::sync::Mutex::new(Vec::new()),
+    };
+    // Loads: the sweep's (0), the other worker's batch (1) and check (2), the holder's check (3).
+    rig.engine.store().arm_fault(Op::Load, 3);
+    assert_eq!(rig.engine.sweep(&handler, &rig.dlq, 10).await.unwrap(), 1);
+    assert!(rig.engine.store().disarm_fault(), "the holder's check failed");
+    assert_eq!(*handler.second.lock().unwrap(), vec![Outcome::Staged]);
+    assert_eq!(rig.handler.seqs("a"), vec![1]);
+    // Nothing will come back from SQS for 2: the sweep must.
+    rig.clock.advance(Duration::from_secs(31));
+    rig.sweep().await;
+    assert_eq!(rig.handler.seqs("a"), vec![1, 2]);
+}
