@@ -22,7 +22,12 @@ pub struct InitArgs {
     #[arg(long, env = "RESEQ_QUEUE_PREFIX", default_value = "reseq")]
     pub queue_prefix: String,
     /// How many receives before SQS moves a message to the dead-letter queue (SQS+Lambda: at least 5).
-    #[arg(long, env = "RESEQ_MAX_RECEIVE_COUNT", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "RESEQ_MAX_RECEIVE_COUNT",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
     pub max_receive_count: u32,
 }
 

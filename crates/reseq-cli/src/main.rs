@@ -89,6 +89,29 @@ fn usage_error(err: clap::Error) -> ExitCode {
         let _ = err.print();
         return ExitCode::from(2);
     }
+    if err.kind() == ErrorKind::MissingRequiredArgument {
+        use clap::error::{ContextKind, ContextValue};
+        let missing: Vec<String> = match err.get(ContextKind::InvalidArg) {
+            Some(ContextValue::Strings(args)) => args.clone(),
+            Some(ContextValue::String(arg)) => vec![arg.clone()],
+            _ => Vec::new(),
+        };
+        if !missing.is_empty() {
+            let named: Vec<String> = missing
+                .iter()
+                .map(|arg| {
+                    let flag = arg.split_whitespace().next().unwrap_or(arg);
+                    let env = format!(
+                        "RESEQ_{}",
+                        flag.trim_start_matches('-').replace('-', "_").to_uppercase()
+                    );
+                    format!("'{arg}' (or {env})")
+                })
+                .collect();
+            eprintln!("reseq: missing required {} (see reseq --help)", named.join(", "));
+            return ExitCode::from(2);
+        }
+    }
     let rendered = err.render().to_string();
     let first = rendered
         .lines()

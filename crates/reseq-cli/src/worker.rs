@@ -8,8 +8,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use reseq_core::Duration;
-use reseq_settings::{ExtractArgs, OrderingArgs, SetupError, SqsArgs, connect_processor, lease_owner};
-use reseq_sqs::worker::{Worker, WorkerConfig};
+use reseq_settings::{
+    ExtractArgs, OrderingArgs, SetupError, SqsArgs, connect_processor_on, lease_owner, positive_duration, sqs_client,
+};
+use reseq_sqs::worker::{Worker, WorkerConfig, inspect_queue, stage_held_after};
 
 #[derive(Args, Clone, Debug)]
 pub struct WorkerArgs {
@@ -17,21 +19,22 @@ pub struct WorkerArgs {
     #[arg(long, env = "RESEQ_QUEUE_URL", value_name = "URL")]
     pub queue_url: String,
     /// Receive loops, each with at most one batch of 10 in flight.
-    #[arg(long, env = "RESEQ_RECEIVERS", default_value_t = 4, value_name = "N")]
+    #[arg(long, env = "RESEQ_RECEIVERS", default_value_t = 4, value_name = "N", value_parser = at_least_one)]
     pub receivers: usize,
     /// Long-polling wait of one receive (at most 20s).
     #[arg(long, env = "RESEQ_WAIT_TIME", default_value = "20s", value_name = "DURATION")]
     pub wait_time: Duration,
-    /// Visibility timeout of received messages, extended while their batch runs.
+    /// Visibility timeout of received messages, extended while their batch runs. Default: the queue's own.
+    #[arg(long, env = "RESEQ_VISIBILITY_TIMEOUT", value_name = "DURATION")]
+    pub visibility_timeout: Option<Duration>,
+    /// How often timers (gap timeouts, retries, retention, dead workers' leases) are swept.
     #[arg(
         long,
-        env = "RESEQ_VISIBILITY_TIMEOUT",
-        default_value = "30s",
-        value_name = "DURATION"
+        env = "RESEQ_SWEEP_EVERY",
+        default_value = "5s",
+        value_name = "DURATION",
+        value_parser = positive_duration
     )]
-    pub visibility_timeout: Duration,
-    /// How often timers (gap timeouts, retries, retention, dead workers' leases) are swept.
-    #[arg(long, env = "RESEQ_SWEEP_EVERY", default_value = "5s", value_name = "DURATION")]
     pub sweep_every: Duration,
     /// Exit once nothing was received, released or swept for this long (for scripts and tests).
     #[arg(long, env = "RESEQ_EXIT_WHEN_IDLE", value_name = "DURATION")]
@@ -52,11 +55,12 @@ pub fn main(args: WorkerArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    if args.visibility_timeout.0 < 1000 || args.visibility_timeout.0 > 43_200_000 {
-        eprintln!(
-            "reseq: invalid value '{}' for '--visibility-timeout': SQS takes 1s to 12h",
-            args.visibility_timeout
-        );
+    if let Some(visibility) = args.visibility_timeout.filter(|v| v.0 < 1000 || v.0 > 43_200_000) {
+        eprintln!("reseq: invalid value '{visibility}' for '--visibility-timeout': SQS takes 1s to 12h");
+        return Ok(ExitCode::from(2));
+    }
+    if let Err(line) = args.sqs.validate() {
+        eprintln!("reseq: {line}");
         return Ok(ExitCode::from(2));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -69,10 +73,45 @@ pub fn main(args: WorkerArgs) -> Result<ExitCode> {
 
 async fn run(args: WorkerArgs) -> Result<ExitCode> {
     let owner = lease_owner("worker");
-    let (processor, sqs) = match connect_processor(&args.ordering, &args.extract, &args.sqs, owner).await {
-        Ok(connected) => connected,
-        Err(SetupError::Invalid(line)) => {
-            eprintln!("reseq: {line}");
+    let sqs = sqs_client().await;
+    // One GetQueueAttributes: the queue exists and can be read, its visibility timeout and
+    // its redrive policy.
+    let queue = match inspect_queue(&sqs, &args.queue_url).await {
+        Ok(queue) => queue,
+        Err(err) => {
+            eprintln!("reseq: {}", one_line(&err.to_string()));
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if args.visibility_timeout.is_none() && queue.visibility_timeout.0 == 0 {
+        eprintln!(
+            "reseq: the queue {} given by --queue-url has a VisibilityTimeout of 0s, which leaves every message \
+             visible to other receivers while it is handled: give --visibility-timeout (e.g. 30s) or set the \
+             queue's",
+            args.queue_url
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let mut sqs_args = args.sqs.clone();
+    sqs_args.stage_held_after = stage_held_after(args.sqs.stage_held_after, queue.max_receive_count);
+    if sqs_args.stage_held_after != args.sqs.stage_held_after {
+        tracing::info!(
+            max_receive_count = queue.max_receive_count,
+            "the queue's redrive policy moves a message after {} receives: messages held back by --max-staged are \
+             staged after {} receives instead of --stage-held-after {}",
+            queue.max_receive_count.unwrap_or(0),
+            sqs_args.stage_held_after,
+            args.sqs.stage_held_after
+        );
+    }
+    let processor = match connect_processor_on(sqs.clone(), &args.ordering, &args.extract, &sqs_args, owner).await {
+        Ok(processor) => processor,
+        Err(err) if err.is_configuration() => {
+            let line = match err {
+                SetupError::Invalid(line) => line,
+                other => other.to_string(),
+            };
+            eprintln!("reseq: {}", one_line(&line));
             return Ok(ExitCode::from(2));
         }
         Err(err) => return Err(err.into()),
@@ -91,7 +130,7 @@ async fn run(args: WorkerArgs) -> Result<ExitCode> {
         sweep_every: args.sweep_every,
         release_budget: args.sqs.release_budget(),
     };
-    let worker = Worker::new(sqs, processor, config);
+    let worker = Worker::new(sqs, processor, config, queue);
     let started = Instant::now();
     let report = worker.run(shutdown_signal()).await?;
     let seconds = started.elapsed().as_secs_f64();
@@ -132,6 +171,19 @@ async fn run(args: WorkerArgs) -> Result<ExitCode> {
         per(cost.read_requests() as f64),
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a whole number ({e})")),
+    }
+}
+
+/// An error text as one line (SDK texts may carry line breaks).
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// SIGTERM (ECS stopping a task) or Ctrl-C: stop receiving, finish what is in flight.

@@ -76,6 +76,10 @@ impl Place {
                         self.location,
                         crate::DUE_INDEX
                     )),
+                    "ValidationException" if is_about_the_table_name(message) => StoreError::Fatal(format!(
+                        "invalid table name {table:?} given by --table (RESEQ_TABLE): DynamoDB refuses it ({message}); \
+                         a table name is 3 to 255 letters, digits, '_', '-' or '.', or a table ARN"
+                    )),
                     _ if status >= 500 => unavailable("failed on the server"),
                     _ => StoreError::Fatal(format!(
                         "DynamoDB table {table} in {}: {what}: {action} was rejected ({code}: {message}); check that \
@@ -145,6 +149,18 @@ impl Place {
     }
 }
 
+/// Whether a `ValidationException` message is about the table name (its length, its
+/// characters, its ARN form), not about a request reseq built.
+fn is_about_the_table_name(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("tablename")
+        || m.contains("table name")
+        || m.contains("table/index name")
+        || m.contains("resource name")
+        || m.contains("valid arn")
+        || m.contains("invalid arn")
+}
+
 /// The credentials error somewhere in the error's source chain, if any.
 fn credentials_error<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a CredentialsError> {
     let mut next: Option<&(dyn Error + 'static)> = Some(err);
@@ -155,4 +171,30 @@ fn credentials_error<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a Credentia
         next = e.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_messages_about_the_table_name_are_told_apart() {
+        for about_the_name in [
+            "1 validation error detected: Value 'a b' at 'tableName' failed to satisfy constraint: Member must \
+             satisfy regular expression pattern: [a-zA-Z0-9_.-]+",
+            "TableName must be at least 3 characters long and at most 255 characters long",
+            "Valid ARN format is 'arn:<awsPartition>:<vendor>:<region>:<subscriber>:resourceType/resourceName', where \
+             Resource name must have length less than or equal to 255",
+            "Invalid table/index name.  Table/index names must be between 3 and 255 characters long, and may contain \
+             only the characters a-z, A-Z, 0-9, '_', '-', and '.'",
+        ] {
+            assert!(is_about_the_table_name(about_the_name), "{about_the_name}");
+        }
+        for other in [
+            "One or more parameter values were invalid: Missing the key pk in the item",
+            "The provided key element does not match the schema",
+        ] {
+            assert!(!is_about_the_table_name(other), "{other}");
+        }
+    }
 }

@@ -36,8 +36,24 @@ pub struct LambdaSettings {
 impl LambdaSettings {
     /// The settings from the process environment alone (no command-line arguments are
     /// read). A bad value gives one line naming the variable, the value and what is wrong.
+    /// The checks that involve several values ([`SqsArgs::validate`]) are made here too,
+    /// with the variable's name.
     pub fn from_env() -> Result<LambdaSettings, String> {
-        LambdaSettings::try_parse_from(["bootstrap"]).map_err(|e| describe_error(&e))
+        let settings = LambdaSettings::try_parse_from(["bootstrap"]).map_err(|e| describe_error(&e))?;
+        settings.sqs.validate().map_err(|line| {
+            let env = ["--http-timeout", "--lease-duration", "--table"]
+                .into_iter()
+                .find(|flag| line.contains(&format!("'{flag}'")))
+                .map(|flag| {
+                    format!(
+                        "RESEQ_{}: ",
+                        flag.trim_start_matches('-').replace('-', "_").to_uppercase()
+                    )
+                })
+                .unwrap_or_default();
+            format!("invalid settings: {env}{line}")
+        })?;
+        Ok(settings)
     }
 }
 
@@ -245,6 +261,34 @@ mod tests {
 
         unsafe {
             std::env::remove_var("RESEQ_GAP_TIMEOUT");
+            std::env::set_var("RESEQ_LEASE_DURATION", "0s");
+        }
+        let err = LambdaSettings::from_env().unwrap_err();
+        assert!(err.contains("RESEQ_LEASE_DURATION") && !err.contains('\n'), "{err}");
+
+        unsafe {
+            std::env::set_var("RESEQ_LEASE_DURATION", "8s");
+            std::env::set_var("RESEQ_OUTPUT", "http://127.0.0.1:9/in");
+        }
+        let err = LambdaSettings::from_env().unwrap_err();
+        assert!(err.contains("RESEQ_HTTP_TIMEOUT") && err.contains("2s"), "{err}");
+
+        unsafe {
+            std::env::remove_var("RESEQ_LEASE_DURATION");
+            std::env::remove_var("RESEQ_OUTPUT");
+            std::env::set_var("RESEQ_STAGE_HELD_AFTER", "0");
+        }
+        let err = LambdaSettings::from_env().unwrap_err();
+        assert!(err.contains("RESEQ_STAGE_HELD_AFTER"), "{err}");
+
+        unsafe {
+            std::env::remove_var("RESEQ_STAGE_HELD_AFTER");
+            std::env::set_var("RESEQ_TABLE", "");
+        }
+        let err = LambdaSettings::from_env().unwrap_err();
+        assert!(err.contains("RESEQ_TABLE"), "{err}");
+
+        unsafe {
             std::env::remove_var("RESEQ_TABLE");
         }
     }

@@ -11,6 +11,7 @@ use reseq_core::engine::LeaseConfig;
 use reseq_core::{Duration, Engine, EngineConfig, Extractor, LatePolicy, PoisonPolicy, SystemClock};
 use reseq_dynamodb::{DynamoConfig, DynamoStore};
 use reseq_sqs::batch::{InvalidPolicy, Processor};
+use reseq_sqs::bounded::Bounded;
 use reseq_sqs::dlq::SqsDeadLetters;
 use reseq_sqs::output::{Output, OutputTarget};
 
@@ -27,13 +28,13 @@ pub struct OrderingArgs {
     #[arg(long, env = "RESEQ_LATE", default_value = "dlq", value_name = "POLICY")]
     pub late: LatePolicy,
     /// Most messages one context may hold waiting; beyond that, out-of-order messages are held back.
-    #[arg(long, env = "RESEQ_MAX_STAGED", default_value_t = 10_000, value_name = "N")]
+    #[arg(long, env = "RESEQ_MAX_STAGED", default_value_t = 10_000, value_name = "N", value_parser = at_least_one_u64)]
     pub max_staged: u64,
     /// How long records are kept: waiting messages older than this go to the DLQ (expired).
     #[arg(long, env = "RESEQ_RETENTION", default_value = "14d", value_name = "DURATION")]
     pub retention: Duration,
     /// Handler attempts (retryable failures, 1 s backoff doubling to 60 s) before a message is poison.
-    #[arg(long, env = "RESEQ_MAX_ATTEMPTS", default_value_t = 5, value_name = "N")]
+    #[arg(long, env = "RESEQ_MAX_ATTEMPTS", default_value_t = 5, value_name = "N", value_parser = at_least_one_u32)]
     pub max_attempts: u32,
     /// What a poison message does: block (the context stops there) or skip (to the DLQ as handler-failed).
     #[arg(long, env = "RESEQ_ON_POISON", default_value = "block", value_name = "POLICY")]
@@ -131,11 +132,70 @@ pub struct SqsArgs {
     #[arg(long, env = "RESEQ_INVALID", default_value = "redrive", value_name = "POLICY")]
     pub invalid: InvalidPolicy,
     /// How long a worker's per-context lease lasts; no release starts later than 3/4 of it into a batch.
-    #[arg(long, env = "RESEQ_LEASE_DURATION", default_value = "60s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "RESEQ_LEASE_DURATION",
+        default_value = "60s",
+        value_name = "DURATION",
+        value_parser = positive_duration
+    )]
     pub lease_duration: Duration,
-    /// Timeout of one HTTP output request (a timeout is a retryable failure).
-    #[arg(long, env = "RESEQ_HTTP_TIMEOUT", default_value = "10s", value_name = "DURATION")]
+    /// Timeout of one HTTP output request (a timeout is a retryable failure); with an http(s) output at most a quarter of the lease duration.
+    #[arg(
+        long,
+        env = "RESEQ_HTTP_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION",
+        value_parser = positive_duration
+    )]
     pub http_timeout: Duration,
+    /// Receives after which a message held back by --max-staged is staged anyway (at least 1; the worker lowers it below the queue's maxReceiveCount).
+    #[arg(
+        long,
+        env = "RESEQ_STAGE_HELD_AFTER",
+        default_value_t = 3,
+        value_name = "N",
+        value_parser = at_least_one_u32
+    )]
+    pub stage_held_after: u32,
+}
+
+/// A duration that is more than zero (a zero lease, sweep interval or timeout cannot work).
+pub fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if d.0 == 0 {
+        return Err("must be more than 0 (e.g. 500ms, 5s, 1m)".into());
+    }
+    Ok(d)
+}
+
+fn at_least_one_u64(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a whole number ({e})")),
+    }
+}
+
+/// A count of at least 1 (`--max-attempts`, `--stage-held-after`, …).
+pub fn at_least_one_u32(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a whole number up to {} ({e})", u32::MAX)),
+    }
+}
+
+/// Whether `name` can be a DynamoDB table name (3 to 255 of `a-z A-Z 0-9 _ - .`) or a
+/// table ARN.
+fn valid_table_name(name: &str) -> bool {
+    if name.starts_with("arn:") {
+        return name.contains(":table/");
+    }
+    (3..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 impl SqsArgs {
@@ -152,10 +212,43 @@ impl SqsArgs {
     pub fn release_budget(&self) -> Duration {
         Duration::from_millis(self.lease_duration.0 - self.lease_duration.0 / 4)
     }
+
+    /// How long one handler call may take: what is left of the lease after the release
+    /// budget (a quarter of it), so that a call started at the end of the budget still
+    /// ends within the lease.
+    pub fn handler_timeout(&self) -> Duration {
+        Duration::from_millis((self.lease_duration.0 - self.release_budget().0).max(1))
+    }
+
+    /// The checks that involve more than one value, or that the parsers cannot make: one
+    /// line naming the flag, the value and what would work.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lease_duration.0 == 0 {
+            return Err("invalid value '0s' for '--lease-duration': a lease must last more than 0, e.g. 60s".into());
+        }
+        let bound = self.handler_timeout();
+        let http = matches!(self.output, OutputTarget::Http { .. });
+        if self.http_timeout.0 == 0 || (http && self.http_timeout > bound) {
+            return Err(format!(
+                "invalid value '{}' for '--http-timeout': a request must end within a quarter of --lease-duration \
+                 ({}), so give at most {bound}, or a longer --lease-duration (at least 4 × {})",
+                self.http_timeout, self.lease_duration, self.http_timeout
+            ));
+        }
+        if !valid_table_name(&self.table) {
+            return Err(format!(
+                "invalid value '{}' for '--table': a DynamoDB table name is 3 to 255 letters, digits, '_', '-' or \
+                 '.' (or a table ARN), e.g. reseq",
+                self.table
+            ));
+        }
+        Ok(())
+    }
 }
 
-/// A processor assembled from the settings: the DynamoDB table, the output, the DLQ.
-pub type SqsProcessor = Processor<DynamoStore, SystemClock, Output, SqsDeadLetters>;
+/// A processor assembled from the settings: the DynamoDB table, the output (each call
+/// bounded by [`SqsArgs::handler_timeout`]), the DLQ.
+pub type SqsProcessor = Processor<DynamoStore, SystemClock, Bounded<Output>, SqsDeadLetters>;
 
 /// Why the settings could not be turned into a running processor; each names the
 /// resource and what to check.
@@ -163,12 +256,26 @@ pub type SqsProcessor = Processor<DynamoStore, SystemClock, Output, SqsDeadLette
 pub enum SetupError {
     #[error("invalid settings: {0}")]
     Invalid(String),
-    #[error(transparent)]
+    #[error("--table: {0}")]
     Table(#[from] reseq_core::StoreError),
     #[error("--output: {0}")]
     Output(String),
     #[error("--dlq-url: {0}")]
     Dlq(String),
+}
+
+impl SetupError {
+    /// Whether no retry fixes it: bad settings, a missing or forbidden table, output or
+    /// DLQ (exit code 2). A table that could not be reached may answer later.
+    pub fn is_configuration(&self) -> bool {
+        !matches!(self, SetupError::Table(reseq_core::StoreError::Unavailable(_)))
+    }
+}
+
+/// The SQS client of the standard AWS chain (`AWS_REGION`, `AWS_ENDPOINT_URL_SQS`, …).
+pub async fn sqs_client() -> aws_sdk_sqs::Client {
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    aws_sdk_sqs::Client::new(&sdk)
 }
 
 /// Connects to the table, the output and the DLQ (each checked once, so that a wrong name
@@ -180,10 +287,27 @@ pub async fn connect_processor(
     sqs_args: &SqsArgs,
     lease_owner: String,
 ) -> Result<(SqsProcessor, aws_sdk_sqs::Client), SetupError> {
+    let sqs = sqs_client().await;
+    let processor = connect_processor_on(sqs.clone(), ordering, extract, sqs_args, lease_owner).await?;
+    Ok((processor, sqs))
+}
+
+/// [`connect_processor`] on an SQS client the caller already has.
+pub async fn connect_processor_on(
+    sqs: aws_sdk_sqs::Client,
+    ordering: &OrderingArgs,
+    extract: &ExtractArgs,
+    sqs_args: &SqsArgs,
+    lease_owner: String,
+) -> Result<SqsProcessor, SetupError> {
+    sqs_args.validate().map_err(SetupError::Invalid)?;
     let extractor = extract.extractor().map_err(SetupError::Invalid)?;
-    let store = reseq_dynamodb::connect(&sqs_args.table, DynamoConfig::default()).await?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    // Staged items outlive the retention: DynamoDB TTL never takes a waiting message.
+    let store = reseq_dynamodb::connect(
+        &sqs_args.table,
+        DynamoConfig::for_retention(ordering.retention.as_std()),
+    )
+    .await?;
     let output = Output::connect(sqs_args.output.clone(), sqs.clone(), sqs_args.http_timeout.as_std())
         .await
         .map_err(|e| SetupError::Output(e.to_string()))?;
@@ -197,11 +321,13 @@ pub async fn connect_processor(
     }
     let config = EngineConfig {
         lease: Some(sqs_args.lease(lease_owner)),
+        stage_held_after: Some(sqs_args.stage_held_after.max(1)),
         ..ordering.engine_config()
     };
     let engine = Engine::new(store, SystemClock, config);
+    let output = Bounded::new(output, sqs_args.handler_timeout().as_std());
     let processor = Processor::new(engine, extractor, output, dlq, sqs_args.invalid);
-    Ok((processor, sqs))
+    Ok(processor)
 }
 
 /// A lease owner name that differs between processes and hosts.
@@ -211,4 +337,98 @@ pub fn lease_owner(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!("{prefix}-{host}-{}-{nanos:x}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        ordering: OrderingArgs,
+        #[command(flatten)]
+        sqs: SqsArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        Cli::try_parse_from(std::iter::once("t").chain(args.iter().copied())).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn zero_counts_and_durations_are_refused_naming_the_flag() {
+        for (args, flag) in [
+            (&["--lease-duration", "0s"][..], "--lease-duration"),
+            (&["--http-timeout", "0ms"], "--http-timeout"),
+            (&["--max-attempts", "0"], "--max-attempts"),
+            (&["--max-staged", "0"], "--max-staged"),
+            (&["--stage-held-after", "0"], "--stage-held-after"),
+        ] {
+            let err = parse(args).expect_err(flag);
+            let first = err.lines().next().unwrap_or("");
+            assert!(first.contains(flag) && first.contains('0'), "{args:?}: {err}");
+        }
+        let cli = parse(&[]).expect("the defaults are valid");
+        assert_eq!(cli.sqs.stage_held_after, 3);
+        cli.sqs.validate().expect("the defaults are valid");
+    }
+
+    #[test]
+    fn the_handler_bound_is_the_lease_after_the_release_budget() {
+        let cli = parse(&["--lease-duration", "60s"]).unwrap();
+        assert_eq!(cli.sqs.release_budget(), Duration::from_secs(45));
+        assert_eq!(cli.sqs.handler_timeout(), Duration::from_secs(15));
+        let cli = parse(&["--lease-duration", "1ms"]).unwrap();
+        assert_eq!(cli.sqs.handler_timeout(), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn an_http_timeout_longer_than_the_lease_allows_is_refused() {
+        let cli = parse(&["--lease-duration", "20s", "--http-timeout", "10s"]).unwrap();
+        cli.sqs
+            .validate()
+            .expect("no HTTP output: the HTTP timeout is not used");
+        let cli = parse(&[
+            "--lease-duration",
+            "20s",
+            "--http-timeout",
+            "10s",
+            "--output",
+            "http://h.example/in",
+        ])
+        .unwrap();
+        let err = cli.sqs.validate().unwrap_err();
+        assert!(
+            err.contains("--http-timeout") && err.contains("10s") && err.contains("5s"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+        let cli = parse(&[
+            "--lease-duration",
+            "40s",
+            "--http-timeout",
+            "10s",
+            "--output",
+            "http://h.example/in",
+        ])
+        .unwrap();
+        cli.sqs.validate().expect("10s is a quarter of 40s");
+    }
+
+    #[test]
+    fn table_names_dynamodb_refuses_are_refused_naming_the_flag() {
+        for bad in ["", "ab", "has space", "x/y", &"t".repeat(256)] {
+            let cli = parse(&["--table", bad]).unwrap();
+            let err = cli.sqs.validate().unwrap_err();
+            assert!(err.contains("--table"), "{bad:?}: {err}");
+        }
+        for good in [
+            "reseq",
+            "my_table-1.v2",
+            "arn:aws:dynamodb:eu-west-1:123456789012:table/reseq",
+        ] {
+            parse(&["--table", good]).unwrap().sqs.validate().expect(good);
+        }
+    }
 }

@@ -6,9 +6,14 @@
 //! attributes, plus:
 //! - `reseqReason` (String): the SPEC §7 name (`conflict`, `late`, `missing-sequence`, …);
 //! - `reseqDetail` (String): what happened, cut to 1024 bytes at a character boundary
-//!   (characters SQS refuses replaced by U+FFFD);
-//! - `contextId` (String) and `sequence` (Number) when the position is known (not for an
-//!   invalid message, whose original attributes are kept as they came).
+//!   (characters SQS refuses replaced by U+FFFD), and shorter when the letter would
+//!   otherwise exceed SQS's 1 MiB message size limit (body + attribute names, types and
+//!   values); a letter that exceeds it even with an empty detail is a [`SinkError`] that
+//!   says so, with the sizes;
+//! - `contextId` and `sequence` (Number) when the position is known (not for an invalid
+//!   message, whose original attributes are kept as they came); `contextId` is a String,
+//!   or a Binary with the UTF-8 bytes when the context id holds characters a String
+//!   attribute refuses (as for the `sqs:` output).
 //!
 //! reseq's attributes overwrite originals of the same name; SQS takes at most 10, so the
 //! originals fill what is left in name order and the rest are left out.
@@ -32,6 +37,7 @@ use bytes::Bytes;
 use reseq_core::{AttributeValue, Attributes, DeadLetter, DeadLetterSink, RawMessage, Reason, Rejection, SinkError};
 
 use crate::ids::{MAX_MESSAGE_BYTES, attributes_for_sqs, fifo_group_id, fifo_id_of, message_size, sqs_text, truncate};
+use crate::output::context_attribute;
 
 /// `reseqDetail` is cut to this many bytes (at a character boundary).
 pub const MAX_DETAIL_BYTES: usize = 1024;
@@ -147,23 +153,35 @@ impl SqsDeadLetters {
         } else {
             Cow::Owned(format!("{}{note}", sqs_text(letter.detail)))
         };
-        let mut added = vec![
-            ("reseqReason", AttributeValue::string(letter.reason.as_str())),
-            (
-                "reseqDetail",
-                AttributeValue::string(truncate(&detail, MAX_DETAIL_BYTES)),
-            ),
-        ];
-        if let Some((context, seq)) = letter.position {
-            added.push(("contextId", AttributeValue::string(sqs_text(context))));
-            added.push(("sequence", AttributeValue::number(seq)));
+        let detail = truncate(&detail, MAX_DETAIL_BYTES);
+        let added = |detail: &str| {
+            let mut added = vec![
+                ("reseqReason", AttributeValue::string(letter.reason.as_str())),
+                ("reseqDetail", AttributeValue::string(detail)),
+            ];
+            if let Some((context, seq)) = letter.position {
+                added.push(("contextId", context_attribute(context)));
+                added.push(("sequence", AttributeValue::number(seq)));
+            }
+            added
+        };
+        let mut attributes = attributes_for_sqs(letter.attributes, &added(detail));
+        let mut size = message_size(&body, &attributes);
+        if size > MAX_MESSAGE_BYTES {
+            // reseq's detail gives way first: cut it (at a character boundary) to what fits.
+            let excess = size - MAX_MESSAGE_BYTES;
+            if excess <= detail.len() {
+                let short = &detail[..detail.floor_char_boundary(detail.len() - excess)];
+                attributes = attributes_for_sqs(letter.attributes, &added(short));
+                size = message_size(&body, &attributes);
+            }
         }
-        let attributes = attributes_for_sqs(letter.attributes, &added);
-        let size = message_size(&body, &attributes);
         if size > MAX_MESSAGE_BYTES {
             return Err(SinkError(format!(
-                "{what} is {size} bytes with its attributes and reseq's, over SQS's limit of {MAX_MESSAGE_BYTES}: it \
-                 stays on the input queue for its redrive policy"
+                "{what} cannot be dead-lettered: it is {size} bytes with its attributes and reseq's even with \
+                 reseqDetail cut short (body {} bytes), over SQS's limit of {MAX_MESSAGE_BYTES} bytes: it \
+                 stays on the input queue for its redrive policy",
+                body.len()
             )));
         }
         let mut request = self

@@ -21,10 +21,11 @@ pub enum LambdaError {
     )]
     Unsupported(String),
     #[error(
-        "record {position} of the batch has no messageId and was not processed: the whole batch fails so that SQS \
-         delivers it again"
+        "record {position} of the batch has no messageId and could not be settled ({why}); a partial batch response \
+         cannot name it, so the whole batch fails and SQS delivers it again (records settled in this batch come back \
+         as duplicates and are dropped)"
     )]
-    NoMessageId { position: usize },
+    NoMessageId { position: usize, why: String },
     #[error("the timer sweep failed: {0}; the next scheduled event tries again")]
     Sweep(String),
 }
@@ -100,21 +101,46 @@ where
     let now = processor.engine().clock().now();
     let raws = event.records.iter().map(|r| from_lambda(r, now)).collect();
     let verdicts: Vec<Verdict> = processor.process(raws, Some(deadline)).await;
+    // A record without a messageId stands in as "\0<position>", which no SQS id is.
+    let ids: Vec<String> = event
+        .records
+        .iter()
+        .enumerate()
+        .map(|(position, r)| match r.message_id.as_deref() {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => format!("\0{position}"),
+        })
+        .collect();
     let records: Vec<(&str, Option<&str>)> = event
         .records
         .iter()
-        .map(|r| {
-            let id = r.message_id.as_deref().unwrap_or("");
-            (id, r.attributes.get("MessageGroupId").map(String::as_str))
-        })
+        .zip(&ids)
+        .map(|(r, id)| (id.as_str(), r.attributes.get("MessageGroupId").map(String::as_str)))
         .collect();
-    let mut response = SqsBatchResponse::default();
-    for id in failed_records(&records, &verdicts) {
-        if id.is_empty() {
-            // An empty itemIdentifier fails the whole batch anyway; say why instead.
-            let position = records.iter().position(|(m, _)| m.is_empty()).unwrap_or(0);
-            return Err(LambdaError::NoMessageId { position });
+    let failed = failed_records(&records, &verdicts);
+    // A record without a messageId cannot be an item failure (an empty itemIdentifier
+    // fails the whole batch anyway): if it may not be deleted, the whole batch fails;
+    // if it may, it was simply processed.
+    for (position, ((id, _), verdict)) in records.iter().zip(&verdicts).enumerate() {
+        if !id.starts_with('\0') {
+            continue;
         }
+        if failed.contains(id) {
+            let why = match verdict {
+                Verdict::Held(hold) => format!("held: {hold:?}"),
+                Verdict::Invalid(rejection) => format!("invalid: {}", rejection.reason),
+                _ => "an earlier record of its message group failed".to_string(),
+            };
+            tracing::warn!(position, %why, "a record without messageId could not be settled: the whole batch fails");
+            return Err(LambdaError::NoMessageId { position, why });
+        }
+        tracing::warn!(
+            position,
+            "a record without messageId was processed; nothing to report for it"
+        );
+    }
+    let mut response = SqsBatchResponse::default();
+    for id in failed {
         response.add_failure(id);
     }
     for (verdict, record) in verdicts.iter().zip(&event.records) {

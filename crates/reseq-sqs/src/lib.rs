@@ -10,11 +10,13 @@
 //! - [`worker`]: the long-polling worker behind `reseq worker`;
 //! - [`output`]: the built-in handlers behind `--output` (`stdout`, `sqs:<url>`,
 //!   `http(s)://…`);
+//! - [`bounded`]: every handler call bounded in time, so no release outlives its lease;
 //! - [`ids`]: FIFO group/dedup ids and attributes within SQS's limits;
 //! - [`dlq`]: the dead-letter queue behind `--dlq-url`, with `reseqReason` and
 //!   `reseqDetail` attributes.
 
 pub mod batch;
+pub mod bounded;
 pub mod dlq;
 pub mod ids;
 pub mod lambda;

@@ -17,9 +17,9 @@ pub struct Received {
 /// message can be neither deleted nor extended, so it is left to its visibility timeout.
 pub fn from_sdk(message: Message, received_at: Millis) -> Option<Received> {
     let receipt_handle = message.receipt_handle?;
-    let group_id = message
-        .attributes
-        .and_then(|mut a| a.remove(&MessageSystemAttributeName::MessageGroupId));
+    let mut system = message.attributes.unwrap_or_default();
+    let group_id = system.remove(&MessageSystemAttributeName::MessageGroupId);
+    let receive_count = receive_count(system.get(&MessageSystemAttributeName::ApproximateReceiveCount));
     let attributes = message
         .message_attributes
         .unwrap_or_default()
@@ -39,9 +39,15 @@ pub fn from_sdk(message: Message, received_at: Millis) -> Option<Received> {
         attributes,
         group_id,
         received_at,
-        receive_count: 0,
+        receive_count,
     };
     Some(Received { raw, receipt_handle })
+}
+
+/// The system attribute `ApproximateReceiveCount` (1 on the first receive); 0 when absent
+/// or not a number.
+fn receive_count(value: Option<&String>) -> u32 {
+    value.and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Converts one record of a Lambda SQS event.
@@ -64,7 +70,7 @@ pub fn from_lambda(record: &SqsMessage, received_at: Millis) -> RawMessage {
         attributes,
         group_id: record.attributes.get("MessageGroupId").cloned(),
         received_at,
-        receive_count: 0,
+        receive_count: receive_count(record.attributes.get("ApproximateReceiveCount")),
     }
 }
 
@@ -96,6 +102,7 @@ mod tests {
         assert_eq!(raw.attributes["contextId"].string.as_deref(), Some("order-1"));
         assert_eq!(raw.attributes["sequence"].data_type, "Number");
         assert_eq!(raw.received_at, Millis(5));
+        assert_eq!(raw.receive_count, 1);
     }
 
     #[test]
@@ -105,6 +112,7 @@ mod tests {
             .receipt_handle("rh")
             .body("hello")
             .attributes(MessageSystemAttributeName::MessageGroupId, "g")
+            .attributes(MessageSystemAttributeName::ApproximateReceiveCount, "4")
             .message_attributes(
                 "sequence",
                 aws_sdk_sqs::types::MessageAttributeValue::builder()
@@ -118,6 +126,9 @@ mod tests {
         assert_eq!(received.receipt_handle, "rh");
         assert_eq!(received.raw.group_id.as_deref(), Some("g"));
         assert_eq!(received.raw.attributes["sequence"].string.as_deref(), Some("9"));
+        assert_eq!(received.raw.receive_count, 4);
+        let first = Message::builder().receipt_handle("rh").body("x").build();
+        assert_eq!(from_sdk(first, Millis(1)).unwrap().raw.receive_count, 0, "absent: 0");
         assert!(from_sdk(Message::builder().body("x").build(), Millis(1)).is_none());
     }
 }

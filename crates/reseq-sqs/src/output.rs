@@ -5,18 +5,24 @@
 //!   "attempt":N,"body":"<UTF-8 body>","attributes":{name:{"dataType":…,"stringValue":…}}}`.
 //!   A body that is not UTF-8 is written as `"bodyBase64"` instead of `"body"`; a binary
 //!   attribute as `"binaryValue"` (base64). A failed write is retryable.
-//! - **`sqs:<queue-url>`**: one `SendMessage` per release, the body as received (SQS
-//!   bodies are text: a body that is not UTF-8 is a permanent failure), the message
-//!   attributes preserved plus `contextId` (String) and `sequence` (Number), which
-//!   overwrite originals of the same name. SQS takes at most 10 attributes: when the
-//!   originals and reseq's two are more, `contextId` and `sequence` are kept, then as many
-//!   originals as fit in name order; the rest are left out without a log line. A `.fifo`
-//!   queue gets `MessageGroupId` = the context id and `MessageDeduplicationId` =
-//!   `<context>:<seq>`, or the hashed forms of [`crate::ids`] when the context id is not a
-//!   valid FIFO id (over 128 characters, or characters outside printable ASCII). A
-//!   request SQS refuses because of the message (invalid contents or attributes, too
-//!   long) is permanent; throttling, timeouts, 5xx, network errors, a queue gone missing
-//!   or access denied are retryable (an operator can fix those).
+//! - **`sqs:<queue-url>`**: one `SendMessage` per release, the body as received, the
+//!   message attributes preserved plus `contextId` and `sequence` (Number), which
+//!   overwrite originals of the same name. `contextId` is a `String`, or, when the context
+//!   id holds a character an SQS String refuses (anything outside `#x9 #xA #xD
+//!   #x20-#xD7FF #xE000-#xFFFD #x10000-#x10FFFF`), a `Binary` with its UTF-8 bytes. SQS
+//!   takes at most 10 attributes: when the originals and reseq's two are more,
+//!   `contextId` and `sequence` are kept, then as many originals as fit in name order; the
+//!   rest are left out without a log line. A `.fifo` queue gets `MessageGroupId` = the
+//!   context id and `MessageDeduplicationId` = `<context>:<seq>`, or the hashed forms of
+//!   [`crate::ids`] when the context id is not a valid FIFO id (over 128 characters, or
+//!   characters outside printable ASCII). A message the queue can never take is
+//!   [`HandlerError::Rejected`] (logged; the engine dead-letters it as `handler-failed`
+//!   instead of blocking its context): a body that is not UTF-8, empty, or holds a
+//!   character SQS refuses; body plus attributes over the 1 MiB message size limit
+//!   (checked before sending); and any request SQS refuses because of the message
+//!   (`InvalidParameterValue`, `InvalidMessageContents`, `MessageTooLong`, …).
+//!   Throttling, timeouts, 5xx, network errors, a queue gone missing or access denied
+//!   are retryable (an operator can fix those).
 //! - **`http(s)://…`**: one `POST` per release, the body as received, with the headers
 //!   `Reseq-Context-Id`, `Reseq-Sequence`, `Reseq-Prev-Sequence` (when there is one),
 //!   `Reseq-Message-Id`, `Reseq-Attempt`, `Reseq-Late: true` (only when late), and
@@ -50,7 +56,7 @@ use reseq_core::{AttributeValue, Attributes, Handler, HandlerError, Release};
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use crate::ids::{attributes_for_sqs, fifo_dedup_id, fifo_group_id, sqs_allows};
+use crate::ids::{MAX_MESSAGE_BYTES, attributes_for_sqs, fifo_dedup_id, fifo_group_id, message_size, sqs_allows};
 
 /// Where released messages go: the value of `--output`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -314,8 +320,9 @@ fn base64(bytes: &[u8]) -> String {
 
 // ---- sqs: ----
 
-/// Error codes of `SendMessage` that mean "this message can never be sent as it is".
-const PERMANENT_SEND_CODES: [&str; 7] = [
+/// Error codes of `SendMessage` that mean "this message can never be sent as it is": no
+/// retry fixes them, so the message is [`HandlerError::Rejected`].
+const REJECTED_SEND_CODES: [&str; 8] = [
     "InvalidMessageContents",
     "InvalidParameterValue",
     "InvalidAttributeName",
@@ -323,15 +330,38 @@ const PERMANENT_SEND_CODES: [&str; 7] = [
     "MessageTooLong",
     "MissingParameter",
     "InvalidParameterCombination",
+    "UnsupportedOperation",
 ];
 
 /// Whether an error code (`InvalidParameterValue`, or as the JSON protocol may spell it,
 /// `InvalidParameterValueException` or `com.amazonaws.sqs#InvalidParameterValue`) is one
-/// of [`PERMANENT_SEND_CODES`].
-fn is_permanent_code(code: &str) -> bool {
+/// of [`REJECTED_SEND_CODES`].
+fn is_rejected_code(code: &str) -> bool {
     let code = code.rsplit('#').next().unwrap_or(code);
+    let code = code.rsplit('.').next().unwrap_or(code);
     let code = code.strip_suffix("Exception").unwrap_or(code);
-    PERMANENT_SEND_CODES.contains(&code)
+    REJECTED_SEND_CODES.contains(&code)
+}
+
+/// The `contextId` attribute reseq adds: a `String` when SQS takes every character of the
+/// context id, else `Binary` with its UTF-8 bytes (a String attribute refuses what
+/// [`sqs_allows`] refuses; a context id may hold any UTF-8).
+pub fn context_attribute(context_id: &str) -> AttributeValue {
+    if context_id.chars().all(sqs_allows) {
+        AttributeValue::string(context_id)
+    } else {
+        AttributeValue {
+            data_type: "Binary".into(),
+            string: None,
+            binary: Some(Bytes::copy_from_slice(context_id.as_bytes())),
+        }
+    }
+}
+
+/// A message the target can never take: logged, and dead-lettered by the engine.
+fn rejected(text: String) -> HandlerError {
+    tracing::warn!("{text}: rejected, it goes to the DLQ as handler-failed");
+    HandlerError::Rejected(text)
 }
 
 async fn send_to_queue(client: &Client, queue_url: &str, fifo: bool, msg: &Release<'_>) -> Result<(), HandlerError> {
@@ -342,38 +372,42 @@ async fn send_to_queue(client: &Client, queue_url: &str, fifo: bool, msg: &Relea
         )
     };
     let body = std::str::from_utf8(msg.body).map_err(|_| {
-        HandlerError::Permanent(format!(
+        rejected(format!(
             "{}: the body is not UTF-8, and the SQS queue {queue_url} takes text bodies only",
             what()
         ))
     })?;
     if body.is_empty() {
-        return Err(HandlerError::Permanent(format!(
+        return Err(rejected(format!(
             "{}: the body is empty, and the SQS queue {queue_url} takes no empty body",
             what()
         )));
     }
     if let Some(c) = body.chars().find(|&c| !sqs_allows(c)) {
-        return Err(HandlerError::Permanent(format!(
+        return Err(rejected(format!(
             "{}: the body holds {c:?}, a character the SQS queue {queue_url} refuses",
             what()
         )));
     }
-    if !msg.context_id.chars().all(sqs_allows) {
-        return Err(HandlerError::Permanent(format!(
-            "{}: the context id holds characters an SQS attribute cannot carry, so it cannot be sent to {queue_url}",
-            what()
-        )));
-    }
     let added = [
-        ("contextId", AttributeValue::string(msg.context_id)),
+        ("contextId", context_attribute(msg.context_id)),
         ("sequence", AttributeValue::number(msg.seq)),
     ];
+    let attributes = attributes_for_sqs(msg.attributes, &added);
+    let size = message_size(body, &attributes);
+    if size > MAX_MESSAGE_BYTES {
+        return Err(rejected(format!(
+            "{}: {size} bytes with its attributes (body {} bytes), over SQS's message size limit of \
+             {MAX_MESSAGE_BYTES} bytes, so the SQS queue {queue_url} can never take it",
+            what(),
+            body.len()
+        )));
+    }
     let mut request = client
         .send_message()
         .queue_url(queue_url)
         .message_body(body)
-        .set_message_attributes(Some(attributes_for_sqs(msg.attributes, &added)));
+        .set_message_attributes(Some(attributes));
     if fifo {
         request = request
             .message_group_id(fifo_group_id(msg.context_id))
@@ -387,13 +421,13 @@ async fn send_to_queue(client: &Client, queue_url: &str, fifo: bool, msg: &Relea
                 what(),
                 crate::describe_sqs_error(&err)
             );
-            let permanent = match &err {
+            let never = match &err {
                 SdkError::ConstructionFailure(_) => true,
-                SdkError::ServiceError(_) => err.code().is_some_and(is_permanent_code),
+                SdkError::ServiceError(_) => err.code().is_some_and(is_rejected_code),
                 _ => false,
             };
-            Err(if permanent {
-                HandlerError::Permanent(text)
+            Err(if never {
+                rejected(text)
             } else {
                 HandlerError::Retryable(text)
             })
@@ -632,14 +666,16 @@ mod tests {
     }
 
     #[test]
-    fn error_codes_about_the_message_are_permanent_in_any_spelling() {
+    fn error_codes_about_the_message_are_rejections_in_any_spelling() {
         for code in [
             "InvalidParameterValue",
             "InvalidParameterValueException",
             "com.amazonaws.sqs#InvalidMessageContents",
             "InvalidAttributeValue",
+            "AWS.SimpleQueueService.MessageTooLong",
+            "MessageTooLong",
         ] {
-            assert!(is_permanent_code(code), "{code}");
+            assert!(is_rejected_code(code), "{code}");
         }
         for code in [
             "AWS.SimpleQueueService.NonExistentQueue",
@@ -649,7 +685,75 @@ mod tests {
             "AccessDenied",
             "InternalError",
         ] {
-            assert!(!is_permanent_code(code), "{code}");
+            assert!(!is_rejected_code(code), "{code}");
+        }
+    }
+
+    fn offline_sqs(queue_url: &str) -> Output {
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .build();
+        Output {
+            target: Target::Sqs {
+                client: Client::from_conf(config),
+                queue_url: queue_url.into(),
+                fifo: queue_url.ends_with(".fifo"),
+            },
+        }
+    }
+
+    fn release<'a>(context_id: &'a str, body: &'a Bytes, attributes: &'a Attributes) -> Release<'a> {
+        Release {
+            context_id,
+            seq: 7,
+            prev_seq: Some(6),
+            message_id: "m-big",
+            body,
+            attributes,
+            late: false,
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn a_context_id_sqs_strings_refuse_goes_as_binary_utf8() {
+        let plain = context_attribute("order é 1");
+        assert_eq!(
+            (plain.data_type.as_str(), plain.string.as_deref()),
+            ("String", Some("order é 1"))
+        );
+        for odd in ["ctx\u{1}", "a\u{FFFE}b", "\u{0}"] {
+            let attribute = context_attribute(odd);
+            assert_eq!(attribute.data_type, "Binary", "{odd:?}");
+            assert_eq!(attribute.string, None);
+            assert_eq!(attribute.binary.as_deref(), Some(odd.as_bytes()));
+            let group = fifo_group_id(odd);
+            assert!(
+                group.len() <= 128 && group.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+                "{odd:?} -> {group}"
+            );
+            assert!(fifo_dedup_id(odd, 7).bytes().all(|b| (0x21..=0x7e).contains(&b)));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_size_limit_is_rejected_before_sending_naming_size_and_limit() {
+        let output = offline_sqs("https://sqs.us-east-1.amazonaws.com/1/out.fifo");
+        let mut attributes = Attributes::new();
+        attributes.insert("note".into(), AttributeValue::string("n".repeat(100)));
+        // The body alone fits; with the attributes it does not.
+        let body = Bytes::from(vec![b'x'; MAX_MESSAGE_BYTES - 50]);
+        match output.handle(&release("c", &body, &attributes)).await {
+            Err(HandlerError::Rejected(text)) => {
+                assert!(text.contains(&MAX_MESSAGE_BYTES.to_string()), "{text}");
+                assert!(text.contains("bytes") && text.contains("m-big"), "{text}");
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        for body in [Bytes::from_static(&[0xff]), Bytes::new(), Bytes::from_static(b"a\0")] {
+            let got = output.handle(&release("c", &body, &attributes)).await;
+            assert!(matches!(got, Err(HandlerError::Rejected(_))), "{body:?}: {got:?}");
         }
     }
 

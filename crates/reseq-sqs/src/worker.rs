@@ -16,6 +16,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
+    QueueAttributeName,
 };
 use futures_util::future::join_all;
 use reseq_core::{Clock, DeadLetterSink, Duration, Handler, Hold, StagingStore};
@@ -31,8 +32,10 @@ pub struct WorkerConfig {
     pub receivers: usize,
     /// Long polling: how long one receive waits for a message (at most 20 s).
     pub wait_time: Duration,
-    /// Visibility of a received message, extended while its batch runs.
-    pub visibility_timeout: Duration,
+    /// `--visibility-timeout`: the visibility a receive asks for. `None`: the queue's own
+    /// (`VisibilityTimeout` is then not sent with `ReceiveMessage`). Either way it is
+    /// extended while the batch runs.
+    pub visibility_timeout: Option<Duration>,
     /// Stop once nothing was received, processed or swept for this long.
     pub exit_when_idle: Option<Duration>,
     /// How often the timer sweep looks for due contexts.
@@ -61,6 +64,65 @@ pub enum WorkerError {
     Queue { queue_url: String, detail: String },
 }
 
+/// What the worker reads about its input queue at start, in the one `GetQueueAttributes`
+/// call that also checks that the queue exists and can be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// The queue's own `VisibilityTimeout`.
+    pub visibility_timeout: Duration,
+    /// `maxReceiveCount` of the queue's `RedrivePolicy`, when it has one.
+    pub max_receive_count: Option<u32>,
+}
+
+/// Reads the queue's `VisibilityTimeout` and `RedrivePolicy`; a wrong URL, a missing
+/// queue or missing permissions fail here, at start.
+pub async fn inspect_queue(sqs: &Client, queue_url: &str) -> Result<QueueInfo, WorkerError> {
+    let output = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| WorkerError::Queue {
+            queue_url: queue_url.to_string(),
+            detail: crate::describe_sqs_error(&e),
+        })?;
+    let attributes = output.attributes.unwrap_or_default();
+    let visibility_timeout = attributes
+        .get(&QueueAttributeName::VisibilityTimeout)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(30), Duration::from_secs);
+    let max_receive_count = attributes
+        .get(&QueueAttributeName::RedrivePolicy)
+        .and_then(|policy| max_receive_count(policy));
+    Ok(QueueInfo {
+        visibility_timeout,
+        max_receive_count,
+    })
+}
+
+/// `maxReceiveCount` of a `RedrivePolicy` (a JSON object; the count a number or a string).
+pub fn max_receive_count(policy: &str) -> Option<u32> {
+    let value: serde_json::Value = serde_json::from_str(policy).ok()?;
+    match value.get("maxReceiveCount")? {
+        serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// After how many receives a message held back by `--max-staged` is staged anyway: the
+/// setting, unless the queue's redrive would move the message to its DLQ first
+/// (`maxReceiveCount` ≤ the setting): then `maxReceiveCount − 1`, at least 1.
+pub fn stage_held_after(setting: u32, max_receive_count: Option<u32>) -> u32 {
+    match max_receive_count {
+        Some(max) if max <= setting => max.saturating_sub(1).max(1),
+        _ => setting.max(1),
+    }
+}
+
 /// Error codes that no retry fixes: the worker stops and says which queue.
 const PERMANENT_CODES: [&str; 6] = [
     "AWS.SimpleQueueService.NonExistentQueue",
@@ -75,6 +137,8 @@ pub struct Worker<S, C, H, D> {
     sqs: Client,
     processor: Processor<S, C, H, D>,
     config: WorkerConfig,
+    /// The visibility received messages have: `--visibility-timeout`, else the queue's.
+    visibility: Duration,
     started: Instant,
     /// Milliseconds since `started` of the last receive, batch or sweep that did work.
     last_activity: AtomicU64,
@@ -87,8 +151,10 @@ pub struct Worker<S, C, H, D> {
 }
 
 impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Worker<S, C, H, D> {
-    pub fn new(sqs: Client, processor: Processor<S, C, H, D>, config: WorkerConfig) -> Self {
+    /// `queue`: what [`inspect_queue`] read about `config.queue_url` at start.
+    pub fn new(sqs: Client, processor: Processor<S, C, H, D>, config: WorkerConfig, queue: QueueInfo) -> Self {
         Worker {
+            visibility: config.visibility_timeout.unwrap_or(queue.visibility_timeout),
             sqs,
             processor,
             config,
@@ -107,23 +173,14 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Worker<S, C, H, D
         &self.processor
     }
 
-    /// Checks that the queue exists and can be read: a wrong URL fails at start, not at
-    /// the first receive.
-    pub async fn check_queue(&self) -> Result<(), WorkerError> {
-        self.sqs
-            .get_queue_attributes()
-            .queue_url(&self.config.queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.queue_error(&crate::describe_sqs_error(&e)))
+    /// The visibility received messages have (and are extended to while their batch runs).
+    pub fn visibility(&self) -> Duration {
+        self.visibility
     }
 
     /// Runs until `shutdown` resolves, the worker has been idle for `exit_when_idle`, or
-    /// the queue turns out unusable. Batches in flight always finish first.
+    /// the queue turns out unusable (the caller checked it with [`inspect_queue`]). Batches in flight always finish first.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<WorkerReport, WorkerError> {
-        self.check_queue().await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let receivers =
             join_all((0..self.config.receivers.max(1)).map(|_| self.receive_loop(stop_rx.clone(), &stop_tx)));
@@ -195,9 +252,10 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Worker<S, C, H, D
                 .queue_url(&self.config.queue_url)
                 .max_number_of_messages(10)
                 .wait_time_seconds(seconds(self.config.wait_time).min(20))
-                .visibility_timeout(seconds(self.config.visibility_timeout))
+                .set_visibility_timeout(self.config.visibility_timeout.map(seconds))
                 .message_attribute_names("All")
                 .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .send();
             // A receive cut short by a stop may have taken messages: they come back after
             // their visibility timeout, undeleted.
@@ -247,27 +305,31 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Worker<S, C, H, D
     /// Runs `work`, extending the visibility of `received` every third of the visibility
     /// timeout, so that a slow handler does not let SQS hand the batch to another worker.
     async fn with_heartbeat<F: Future>(&self, received: &[Received], work: F) -> F::Output {
-        let period = (self.config.visibility_timeout.as_std() / 3).max(std::time::Duration::from_millis(200));
+        let period = (self.visibility.as_std() / 3).max(std::time::Duration::from_millis(200));
         let mut work = std::pin::pin!(work);
         loop {
             tokio::select! {
                 output = &mut work => return output,
                 _ = tokio::time::sleep(period) => {
-                    let entries = received.iter().map(|r| (r, seconds(self.config.visibility_timeout)));
+                    let entries = received.iter().map(|r| (r, seconds(self.visibility)));
                     self.change_visibility(entries).await;
                 }
             }
         }
     }
 
-    /// Deletes what may be deleted; brings back sooner what a retry may settle.
+    /// Deletes what may be deleted; brings back sooner what a retry may settle: a busy
+    /// context or one held back for capacity after 1 s, a failure after 5 s, and an invalid
+    /// message at once (so that the queue's redrive moves it after `maxReceiveCount` quick
+    /// receives instead of as many visibility timeouts).
     async fn settle(&self, received: &[Received], verdicts: &[Verdict]) {
         let mut deletable = Vec::new();
         let mut retry_soon = Vec::new();
         for (message, verdict) in received.iter().zip(verdicts) {
             match verdict {
                 v if v.deletable() => deletable.push(message),
-                Verdict::Held(Hold::Busy) => retry_soon.push((message, 1)),
+                Verdict::Held(Hold::Busy | Hold::Capacity) => retry_soon.push((message, 1)),
+                Verdict::Invalid(_) => retry_soon.push((message, 0)),
                 Verdict::Held(Hold::Failed(reason)) => {
                     tracing::warn!(message_id = %message.raw.message_id, %reason, "not settled; SQS delivers it again");
                     retry_soon.push((message, 5));
@@ -364,4 +426,33 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Worker<S, C, H, D
 
 fn seconds(d: Duration) -> i32 {
     (d.0 / 1000).clamp(0, 43_200) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_redrive_policys_count_reads_as_number_or_string() {
+        let arn = "arn:aws:sqs:us-east-1:000000000000:dlq";
+        assert_eq!(
+            max_receive_count(&format!(
+                "{{\"deadLetterTargetArn\":\"{arn}\",\"maxReceiveCount\":\"3\"}}"
+            )),
+            Some(3)
+        );
+        assert_eq!(max_receive_count("{\"maxReceiveCount\":5}"), Some(5));
+        assert_eq!(max_receive_count("{}"), None);
+        assert_eq!(max_receive_count("not json"), None);
+    }
+
+    #[test]
+    fn held_messages_are_staged_before_the_redrive_could_move_them() {
+        assert_eq!(stage_held_after(3, None), 3);
+        assert_eq!(stage_held_after(3, Some(10)), 3);
+        assert_eq!(stage_held_after(3, Some(3)), 2);
+        assert_eq!(stage_held_after(3, Some(2)), 1);
+        assert_eq!(stage_held_after(3, Some(1)), 1, "at least 1");
+        assert_eq!(stage_held_after(5, Some(4)), 3);
+    }
 }

@@ -200,6 +200,57 @@ async fn details_are_cut_to_1024_bytes_and_cleaned_of_what_sqs_refuses() {
 }
 
 #[tokio::test]
+async fn a_letter_near_the_size_limit_goes_with_its_detail_cut_to_fit() {
+    let Some(client) = emulator().await else { return };
+    let queue = Queue::new(&client, "dlq-fit", false).await;
+    let dlq = queue.dlq();
+    let none = Attributes::new();
+    // Body + reseqReason + contextId + sequence leave ~400 bytes for the detail.
+    let body = Bytes::from(vec![b'x'; 1024 * 1024 - 500]);
+    let long = "é".repeat(1000);
+    dlq.dead_letter(&letter("c", 1, "m-fit", &body, &none, Reason::HandlerFailed, &long))
+        .await
+        .expect("the letter fits once its detail is cut");
+    let got = queue.receive(1).await;
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    let detail = attr(m, "reseqDetail").expect("a detail").1;
+    assert!(!detail.is_empty() && detail.len() < 500, "{}", detail.len());
+    assert!(long.starts_with(detail), "cut at a character boundary");
+    let size: usize = m.body().map_or(0, str::len)
+        + m.message_attributes()
+            .expect("attributes")
+            .iter()
+            .map(|(k, v)| k.len() + v.data_type().len() + v.string_value().map_or(0, str::len))
+            .sum::<usize>();
+    assert!(size <= 1024 * 1024, "{size}");
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn a_context_id_sqs_strings_refuse_goes_as_binary_in_the_dlq() {
+    let Some(client) = emulator().await else { return };
+    let queue = Queue::new(&client, "dlq-binctx", true).await;
+    let dlq = queue.dlq();
+    let none = Attributes::new();
+    let body = Bytes::from_static(b"b");
+    let context = "ctx\u{1}\u{FFFE}";
+    dlq.dead_letter(&letter(context, 2, "m-odd", &body, &none, Reason::Late, "late"))
+        .await
+        .expect("durable");
+    let got = queue.receive(1).await;
+    assert_eq!(got.len(), 1);
+    let value = &got[0].message_attributes().expect("attributes")["contextId"];
+    assert_eq!(value.data_type(), "Binary");
+    assert_eq!(value.binary_value().map(|b| b.as_ref()), Some(context.as_bytes()));
+    assert_eq!(
+        system(&got[0], MessageSystemAttributeName::MessageGroupId),
+        Some(hashed_context(context).as_str())
+    );
+    queue.delete().await;
+}
+
+#[tokio::test]
 async fn a_fifo_dlq_keeps_one_copy_of_a_message_dead_lettered_twice() {
     let Some(client) = emulator().await else { return };
     let queue = Queue::new(&client, "dlq-fifo", true).await;

@@ -133,3 +133,43 @@ async fn a_failed_record_fails_the_later_records_of_its_group_only() {
     assert_eq!(processor.handler().inner.seqs("b"), vec![1, 2]);
     assert_eq!(processor.invalid_count(), 1);
 }
+
+/// A record as [`record`] makes it, without its `messageId`.
+fn record_without_id(group: &str, context: &str, seq: u64) -> Value {
+    let mut record = record("unused", group, context, Some(seq));
+    record.as_object_mut().unwrap().remove("messageId");
+    record
+}
+
+#[tokio::test]
+async fn a_record_without_message_id_that_was_settled_is_simply_processed() {
+    let (processor, clock) = processor(10_000);
+    let deadline = reseq_core::Clock::now(&*clock).plus(Duration::from_secs(600));
+    let records = vec![
+        record("a1", "g1", "a", Some(1)),
+        record_without_id("g1", "a", 2),
+        record("a3", "g1", "a", Some(3)),
+    ];
+    let response = handle(&processor, json!({ "Records": records }), deadline)
+        .await
+        .expect("the batch was processed");
+    assert!(failures(&response).is_empty(), "{response}");
+    assert_eq!(processor.handler().inner.seqs("a"), vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_record_without_message_id_that_cannot_be_deleted_fails_the_whole_batch() {
+    let (processor, clock) = processor(2);
+    let deadline = reseq_core::Clock::now(&*clock).plus(Duration::from_secs(600));
+    let records = vec![
+        record("b1", "g2", "b", Some(1)),
+        record_without_id("g1", "a", 9), // more than 2 ahead: held back
+    ];
+    let err = handle(&processor, json!({ "Records": records }), deadline)
+        .await
+        .expect_err("a held record that cannot be named fails the batch");
+    let text = err.to_string();
+    assert!(text.contains("record 1") && text.contains("no messageId"), "{text}");
+    assert!(text.contains("held") && text.contains("whole batch"), "{text}");
+    assert!(!text.contains("was not processed"), "{text}");
+}

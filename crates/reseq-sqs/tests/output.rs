@@ -253,7 +253,7 @@ async fn at_most_ten_attributes_go_and_reseqs_two_always_do() {
 }
 
 #[tokio::test]
-async fn bodies_sqs_cannot_carry_are_permanent_failures_naming_the_queue() {
+async fn bodies_sqs_cannot_carry_are_rejections_naming_the_queue() {
     let Some(client) = emulator().await else { return };
     let queue = Queue::new(&client, "out-bad", false).await;
     let output = sqs_output(&client, &queue).await;
@@ -266,22 +266,40 @@ async fn bodies_sqs_cannot_carry_are_permanent_failures_naming_the_queue() {
         (&not_utf8, "not UTF-8"),
         (&nul, "refuses"),
         (&empty, "empty"),
-        (&too_long, "InvalidParameterValue"),
+        (&too_long, "1048576"),
     ] {
         match output.handle(&release("c", 1, body, &none)).await {
-            Err(HandlerError::Permanent(text)) => {
+            Err(HandlerError::Rejected(text)) => {
                 assert!(text.contains(&queue.url) && text.contains(says), "{text}");
             }
-            other => panic!("expected a permanent error, got {other:?}"),
+            other => panic!("expected a rejection, got {other:?}"),
         }
     }
-    let control = "ctx\u{1}";
-    let body = Bytes::from_static(b"ok");
-    match output.handle(&release(control, 1, &body, &none)).await {
-        Err(HandlerError::Permanent(text)) => assert!(text.contains("context id"), "{text}"),
-        other => panic!("expected a permanent error, got {other:?}"),
-    }
     assert!(queue.receive(0).await.is_empty(), "nothing was sent");
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn a_context_id_sqs_strings_refuse_is_sent_as_binary_with_valid_fifo_ids() {
+    let Some(client) = emulator().await else { return };
+    let queue = Queue::new(&client, "out-binctx", true).await;
+    let output = sqs_output(&client, &queue).await;
+    let none = Attributes::new();
+    let body = Bytes::from_static(b"ok");
+    let control = "ctx\u{1}\u{FFFF}";
+    output.handle(&release(control, 1, &body, &none)).await.expect("sent");
+    let got = queue.receive(1).await;
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    let value = &m.message_attributes().expect("attributes")["contextId"];
+    assert_eq!(value.data_type(), "Binary");
+    assert_eq!(value.binary_value().map(|b| b.as_ref()), Some(control.as_bytes()));
+    assert_eq!(attr(m, "sequence"), Some(("Number", "1")));
+    let hashed = hashed_context(control);
+    assert_eq!(
+        system(m, MessageSystemAttributeName::MessageGroupId),
+        Some(hashed.as_str())
+    );
     queue.delete().await;
 }
 
