@@ -742,3 +742,105 @@ async fn visibility_is_extended_while_a_slow_batch_runs() {
     );
     assert_eq!(summary_count(&stderr, "duplicates"), 0, "{stderr}");
 }
+
+/// A standard queue of this test's own with a standard DLQ behind a redrive policy of
+/// `max_receive_count`; returns (queue, dlq).
+async fn standard_with_redrive(setup: &Setup, suffix: &str, max_receive_count: u32) -> (String, String) {
+    let dlq = setup.standard_queue(&format!("{suffix}-dlq")).await;
+    let arn = setup
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("the DLQ's ARN")
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .expect("an ARN");
+    let queue = setup.standard_queue(suffix).await;
+    let policy = format!("{{\"deadLetterTargetArn\":\"{arn}\",\"maxReceiveCount\":\"{max_receive_count}\"}}");
+    setup
+        .sqs
+        .set_queue_attributes()
+        .queue_url(&queue)
+        .attributes(QueueAttributeName::RedrivePolicy, policy)
+        .send()
+        .await
+        .expect("set the redrive policy");
+    (queue, dlq)
+}
+
+/// Positions 100–110 of a context, then 1, then 2..99: with `--max-staged 2` the first
+/// eleven are held back (capacity) again and again. Held messages come back after 1 s
+/// (not a visibility timeout), and once received `stage_held_after` times — lowered below
+/// the queue's `maxReceiveCount` (3) — they are staged anyway, so the message that moves
+/// the cursor gets through and the redrive never moves a valid message to the DLQ.
+async fn held_messages_do_not_block_or_get_redriven(setup: &Setup, queue: &str, dlq: &str) {
+    let group = if queue.ends_with(".fifo") { "one-group" } else { "" };
+    let mut messages: Vec<Msg> = (100..=110).map(|s| Msg::new("held", s, group)).collect();
+    messages.push(Msg::new("held", 1, group));
+    messages.extend((2..=99).map(|s| Msg::new("held", s, group)));
+    send(&setup.sqs, queue, &messages).await;
+    let (_, stderr) = run_worker(setup.worker(queue, &["--max-staged", "2"]));
+    let released = by_context(&drain(&setup.sqs, &setup.output).await);
+    assert_eq!(
+        released.get("held"),
+        Some(&(1..=110).collect::<Vec<u64>>()),
+        "complete and in order: {stderr}"
+    );
+    let redriven = drain(&setup.sqs, dlq).await;
+    assert!(
+        redriven.is_empty(),
+        "nothing valid was redriven: {} messages; {stderr}",
+        redriven.len()
+    );
+    assert!(
+        drain(&setup.sqs, queue).await.is_empty(),
+        "the input queue is empty: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn held_messages_never_deadlock_a_fifo_group_nor_reach_its_dlq() {
+    if emulators().is_none() {
+        return;
+    }
+    let setup = Setup::new("held-fifo", 3).await;
+    held_messages_do_not_block_or_get_redriven(&setup, &setup.input, &setup.dlq).await;
+}
+
+#[tokio::test]
+async fn held_messages_on_a_standard_queue_are_staged_before_the_redrive_moves_them() {
+    if emulators().is_none() {
+        return;
+    }
+    let setup = Setup::new("held-std", 3).await;
+    let (queue, dlq) = standard_with_redrive(&setup, "held", 3).await;
+    held_messages_do_not_block_or_get_redriven(&setup, &queue, &dlq).await;
+}
+
+/// Without `--visibility-timeout` the worker receives with the queue's own (30 s here),
+/// yet an invalid message under `--invalid redrive` is given back at once: the redrive
+/// moves it after `maxReceiveCount` quick receives, while the worker runs, not after as
+/// many visibility timeouts.
+#[tokio::test]
+async fn an_invalid_message_is_given_back_at_once_so_the_redrive_moves_it_quickly() {
+    if emulators().is_none() {
+        return;
+    }
+    let setup = Setup::new("inv-quick", 2).await;
+    let mut invalid = Msg::new("quick", 0, "g");
+    invalid.attributes.truncate(1);
+    invalid.body = "no sequence".into();
+    send(&setup.sqs, &setup.input, &[invalid, Msg::new("quick", 1, "g")]).await;
+    let (_, stderr) = run_worker(setup.worker(&setup.input, &[]));
+    let redriven = drain(&setup.sqs, &setup.dlq).await;
+    assert_eq!(
+        redriven.iter().map(|g| g.body.as_str()).collect::<Vec<_>>(),
+        vec!["no sequence"],
+        "{stderr}"
+    );
+    let released = by_context(&drain(&setup.sqs, &setup.output).await);
+    assert_eq!(released["quick"], vec![1], "{stderr}");
+}
