@@ -527,9 +527,15 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             let context_id = work.context_id.clone();
             let indices = work.indices.clone();
             match self.finish(work, now, dlq, &mut outcomes).await {
-                Finished::Done | Finished::Failed(_) => {}
+                Finished::Done => {}
+                // Without leases nobody else looks at this context: nothing can be lost.
+                Finished::Failed(_) if self.config.lease.is_none() => {}
                 Finished::Wake => woken.push((context_id, indices)),
-                Finished::Unchecked(err) => self.unsettle(&context_id, &indices, &err, &mut outcomes),
+                // A failure after staging skips the check too (what it staged may be at
+                // the cursor, and no lease holder will look), so it is unchecked as well.
+                Finished::Failed(err) | Finished::Unchecked(err) => {
+                    self.unsettle(&context_id, &indices, &err, &mut outcomes)
+                }
             }
         }
         for (context_id, indices) in woken {
