@@ -7,7 +7,11 @@
 //! - [`release_deadline`]: when an invocation's releases must stop;
 //! - [`invoke`]: one invocation, from the event's JSON to the response or the error that
 //!   makes Lambda retry;
-//! - [`runtime_environment`]: whether the process runs where a Lambda Runtime API is.
+//! - [`runtime_environment`]: whether the process runs where a Lambda Runtime API is;
+//! - [`runtime_api`]: the loopback proxy that fills in a missing deadline header, which
+//!   `lambda_runtime` would panic on.
+
+pub mod runtime_api;
 
 use clap::{CommandFactory, Parser};
 use lambda_runtime::{Diagnostic, LambdaEvent};

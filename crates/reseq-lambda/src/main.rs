@@ -24,7 +24,9 @@
 //! **Deadline**: no release starts after the invocation's deadline less a margin of
 //! max(1 s, 10% of the time left), nor later than 3/4 of `RESEQ_LEASE_DURATION` from the
 //! start of the invocation; what is cut there stays staged for the next sweep. (A
-//! deadline that is no Unix time, as `cargo lambda watch` sends, leaves only the latter.)
+//! deadline that is no Unix time, as `cargo lambda watch` sends, leaves only the latter;
+//! so does a missing deadline header, which a loopback proxy in front of the Runtime API
+//! fills in as 0, with a warning, instead of letting `lambda_runtime` panic.)
 //!
 //! **Build**: `cargo lambda build --release -p reseq-lambda` (add `--arm64` for Graviton)
 //! writes `target/lambda/bootstrap/bootstrap`; `scripts/cargo-lambda.sh` installs a pinned
@@ -34,12 +36,37 @@
 use std::fmt;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use reseq_lambda::{LambdaSettings, invoke, runtime_environment};
+use reseq_lambda::{LambdaSettings, invoke, runtime_api, runtime_environment};
 use reseq_settings::{connect_processor, lease_owner};
 use serde_json::Value;
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+fn main() -> Result<(), Error> {
+    // Before any thread exists: point lambda_runtime at the proxy that fills in a missing
+    // deadline header (lambda_runtime panics without it; see reseq_lambda::runtime_api).
+    let proxy = match std::env::var("AWS_LAMBDA_RUNTIME_API") {
+        Ok(api) if !api.is_empty() => {
+            // `host:port` (Lambda), or a URL with a path prefix (cargo lambda watch:
+            // `http://host:port/.rt`): the proxy's address keeps the scheme and the prefix,
+            // so that requests reach it with their paths unchanged.
+            let (scheme, rest) = api
+                .strip_prefix("http://")
+                .map_or(("", api.as_str()), |r| ("http://", r));
+            let (upstream, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+            let (listener, addr) = runtime_api::bind()?;
+            let local = format!("{scheme}{addr}{path}");
+            // SAFETY: the process is single-threaded here (no runtime, no thread started yet).
+            unsafe { std::env::set_var("AWS_LAMBDA_RUNTIME_API", local) };
+            Some((listener, upstream.to_string()))
+        }
+        _ => None,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(proxy))
+}
+
+async fn run(proxy: Option<(std::net::TcpListener, String)>) -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let fail = |line: String| {
         tracing::error!("{line}");
@@ -47,6 +74,9 @@ async fn main() -> Result<(), Error> {
     };
 
     runtime_environment(|name| std::env::var(name).ok()).map_err(fail)?;
+    if let Some((listener, upstream)) = proxy {
+        tokio::spawn(runtime_api::serve(listener, upstream));
+    }
     let settings = LambdaSettings::from_env().map_err(fail)?;
     let owner = lease_owner("lambda");
     let (processor, _sqs) = connect_processor(&settings.ordering, &settings.extract, &settings.sqs, owner)
