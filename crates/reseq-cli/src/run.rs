@@ -2,6 +2,7 @@
 //! (SPEC §6). The input is the queue: a line is "acknowledged" once its outcome is settled
 //! and the state (if any) is flushed; rejected lines go to the `--dlq` file.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use bytes::Bytes;
 use clap::Args;
 use reseq_core::{
@@ -30,7 +32,8 @@ pub struct RunArgs {
     /// Keep staged messages and cursors in this SQLite file, so that a later run resumes. Default: in memory.
     #[arg(long, env = "RESEQ_STATE", value_name = "FILE")]
     pub state: Option<PathBuf>,
-    /// Append rejected lines (invalid, conflict, late) here, one JSON object each. Default: stderr.
+    /// Append rejected lines (invalid, conflict, late, and at the end of input what could not
+    /// be kept) here, one JSON object each. Default: stderr.
     #[arg(long, env = "RESEQ_DLQ", value_name = "FILE")]
     pub dlq: Option<PathBuf>,
     /// JSON Pointer to the context id in each line.
@@ -96,7 +99,9 @@ pub struct RunReport {
     pub lines: u64,
     pub rejected: u64,
     pub stats: Stats,
-    pub waiting_in_memory: Option<u64>,
+    /// Lines still waiting when the input ended without `--state`, written to the DLQ file
+    /// as `unreleased`.
+    pub unreleased: u64,
     pub input_error: Option<String>,
     pub seconds: f64,
 }
@@ -118,11 +123,12 @@ impl RunReport {
             s.gaps_skipped,
             s.positions_skipped
         );
-        match (durable, self.waiting_in_memory) {
-            (false, Some(n)) if n > 0 => line.push_str(&format!(
-                "; {n} messages still wait and are not kept (use --state FILE to keep them)"
-            )),
-            _ => {}
+        if !durable && self.unreleased > 0 {
+            line.push_str(&format!(
+                "; {} lines still waited when the input ended: written to the DLQ as unreleased (use --state FILE \
+                 to keep them for a later run)",
+                self.unreleased
+            ));
         }
         line
     }
@@ -148,6 +154,9 @@ pub fn execute<S: StagingStore + 'static>(
         final_path: args.final_path.clone(),
         ..Extractor::for_json_lines(&args.context_path, &args.seq_path)
     };
+    // Without a state file the store lives in memory: what still waits at the end is lost
+    // unless it is written to the DLQ file, so remember which contexts were seen.
+    let in_memory = (&store as &dyn std::any::Any).is::<MemoryStore>();
     let engine = Engine::new(store, SystemClock, args.ordering.engine_config());
     let handler = LineWriter {
         out: Mutex::new(BufWriter::with_capacity(1 << 20, output)),
@@ -160,15 +169,24 @@ pub fn execute<S: StagingStore + 'static>(
     let (lines_tx, lines_rx) = mpsc::sync_channel::<Vec<Line>>(16);
     let reader = std::thread::spawn(move || read_lines(input, lines_tx));
 
-    let mut report = RunReport::default();
-    // Lines held back because their position is too far ahead (--max-staged), offered
-    // again with each batch.
-    let mut held: Vec<Source> = Vec::new();
+    let mut run = Pipeline {
+        engine: &engine,
+        extractor: &extractor,
+        handler: &handler,
+        dlq,
+        max_staged: args.ordering.max_staged,
+        first_seq: args.ordering.first_seq,
+        held: HeldLines::default(),
+        busy: Vec::new(),
+        seen: in_memory.then(HashSet::new),
+        report: RunReport::default(),
+    };
     let mut last_sweep = Instant::now();
     let mut last_save = (Instant::now(), 0u64);
     let mut ended = false;
     while !ended {
-        let mut sources: Vec<Source> = std::mem::take(&mut held);
+        // Lines a concurrent writer made busy are offered again first.
+        let mut sources: Vec<Source> = std::mem::take(&mut run.busy);
         // Wait for lines (at most a second, so that timers still fire on a quiet input),
         // then take whatever else is already there.
         let mut next = match lines_rx.recv_timeout(SWEEP_EVERY) {
@@ -183,11 +201,11 @@ pub fn execute<S: StagingStore + 'static>(
             for line in lines {
                 match line {
                     Line::Error(err) => {
-                        report.input_error = Some(err);
+                        run.report.input_error = Some(err);
                         ended = true;
                     }
                     Line::Text { number, bytes } => {
-                        report.lines += 1;
+                        run.report.lines += 1;
                         sources.push(Source {
                             number,
                             body: Bytes::from(bytes),
@@ -200,54 +218,97 @@ pub fn execute<S: StagingStore + 'static>(
             }
             next = lines_rx.try_recv().ok();
         }
-        let batch = envelopes(&extractor, &sources, dlq, &mut report);
         runtime.block_on(async {
-            let (batch, sources) = batch;
-            let outcomes = engine.process(batch, &handler, dlq).await;
-            settle(&sources, outcomes, &mut held)?;
+            run.offer(sources).await?;
             if ended || last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
                 sweep_all(&engine, &handler, dlq).await?;
+                // A sweep may have moved any cursor (a gap timeout).
+                let all: Vec<String> = run.held.contexts().cloned().collect();
+                run.reoffer(all).await?;
             }
             handler.flush()?;
             dlq.flush()?;
-            if ended || last_save.0.elapsed() >= SAVE_EVERY || report.lines - last_save.1 >= SAVE_AFTER_LINES {
-                last_save = (Instant::now(), report.lines);
+            if ended || last_save.0.elapsed() >= SAVE_EVERY || run.report.lines - last_save.1 >= SAVE_AFTER_LINES {
+                last_save = (Instant::now(), run.report.lines);
                 save(&engine, &handler, dlq).await?;
             }
             Ok::<_, anyhow::Error>(())
         })?;
     }
-    // The input ended: offer held lines until the contexts they wait on stop moving.
     runtime.block_on(async {
-        while !held.is_empty() {
-            let before = held.len();
-            let sources = std::mem::take(&mut held);
-            let (batch, sources) = envelopes(&extractor, &sources, dlq, &mut report);
-            let outcomes = engine.process(batch, &handler, dlq).await;
-            settle(&sources, outcomes, &mut held)?;
-            if held.len() == before {
+        // Busy lines (only with a concurrent writer) get a last few chances.
+        for _ in 0..10 {
+            if run.busy.is_empty() {
                 break;
             }
+            let busy = std::mem::take(&mut run.busy);
+            run.offer(busy).await?;
         }
-        for line in held.drain(..) {
-            report.rejected += 1;
-            let detail = format!(
-                "its position is more than --max-staged {} ahead of its context's next position, and the input \
-                 ended before the context caught up",
-                args.ordering.max_staged
-            );
+        // The input ended: every line still held back could be neither released nor staged.
+        let detail = format!(
+            "its position is more than --max-staged {} ahead of its context's next position, and the input \
+             ended before the context caught up",
+            args.ordering.max_staged
+        );
+        for line in run.held.drain().chain(run.busy.drain(..)) {
+            run.report.rejected += 1;
             dlq.buffer(line.number, Reason::MaxStaged, &detail, &line.body);
+        }
+        if let Some(seen) = run.seen.take() {
+            run.report.unreleased = dead_letter_waiting(&engine, &seen, dlq).await?;
+            run.report.rejected += run.report.unreleased;
         }
         save(&engine, &handler, dlq).await
     })?;
     drop(lines_rx);
     let _ = reader.join();
+    let mut report = run.report;
     report.stats = engine.stats();
     report.rejected += report.stats.dead_lettered;
-    report.waiting_in_memory = waiting_in_memory(engine.store());
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Writes every message still staged (waiting) in an in-memory store to the DLQ file as
+/// `unreleased`: the store is about to vanish with the process. Returns how many.
+async fn dead_letter_waiting<S: StagingStore>(
+    engine: &Engine<S, SystemClock>,
+    contexts: &HashSet<String>,
+    dlq: &DlqFile,
+) -> Result<u64> {
+    const PAGE: usize = 1000;
+    let store = engine.store();
+    let first_seq = engine.config().first_seq;
+    let mut count = 0;
+    for context in contexts {
+        let next = store
+            .load(context)
+            .await
+            .context("cannot read the state")?
+            .map_or(first_seq, |state| state.next);
+        let mut from = next;
+        loop {
+            let page = store
+                .staged(context, from, u64::MAX, PAGE)
+                .await
+                .context("cannot read the state")?;
+            for msg in &page {
+                count += 1;
+                let detail = format!(
+                    "position {} was still waiting for position {next} of its context when the input ended; \
+                     without --state nothing is kept (use --state FILE to keep waiting lines for a later run)",
+                    msg.seq
+                );
+                dlq.buffer(line_number(&msg.message_id), Reason::Unreleased, &detail, &msg.body);
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE && last.seq < u64::MAX => from = last.seq + 1,
+                _ => break,
+            }
+        }
+    }
+    Ok(count)
 }
 
 /// Makes what was done so far durable in the order that keeps the guarantees: released
@@ -263,67 +324,191 @@ async fn save<S: StagingStore, W: Write + Send>(
     engine.store().flush().await.context("cannot save the state")
 }
 
-fn waiting_in_memory<S: 'static>(store: &S) -> Option<u64> {
-    (store as &dyn std::any::Any)
-        .downcast_ref::<MemoryStore>()
-        .map(MemoryStore::waiting_total)
-}
-
 /// An input line as read: kept until its outcome is settled, to offer it again if held.
 struct Source {
     number: u64,
     body: Bytes,
 }
 
-/// Extracts each line; rejected lines go to the DLQ. Returns the envelopes and, in the same
-/// order, the lines they came from.
-fn envelopes(
-    extractor: &Extractor,
-    sources: &[Source],
-    dlq: &DlqFile,
-    report: &mut RunReport,
-) -> (Vec<Envelope>, Vec<Source>) {
-    let mut batch = Vec::with_capacity(sources.len());
-    let mut kept = Vec::with_capacity(sources.len());
-    let now = SystemClock.now();
-    for source in sources {
+/// Lines held back by `--max-staged` (`Hold::Capacity`), per context, ordered by position
+/// and then by line number (so that of two copies of a position the first still wins).
+/// They are offered again only when their context's cursor brings them into the window,
+/// so a long backlog costs one look-up per batch of its context, not one offer per line.
+#[derive(Default)]
+struct HeldLines {
+    by_context: HashMap<String, BTreeMap<(u64, u64), Bytes>>,
+}
+
+impl HeldLines {
+    fn insert(&mut self, context: &str, seq: u64, source: Source) {
+        match self.by_context.get_mut(context) {
+            Some(lines) => lines,
+            None => self.by_context.entry(context.to_owned()).or_default(),
+        }
+        .insert((seq, source.number), source.body);
+    }
+
+    /// Whether a copy of this position is already held: a later copy waits behind it.
+    fn holds(&self, context: &str, seq: u64) -> bool {
+        self.by_context
+            .get(context)
+            .is_some_and(|lines| lines.range((seq, 0)..=(seq, u64::MAX)).next().is_some())
+    }
+
+    fn has(&self, context: &str) -> bool {
+        !self.by_context.is_empty() && self.by_context.contains_key(context)
+    }
+
+    fn contexts(&self) -> impl Iterator<Item = &String> {
+        self.by_context.keys()
+    }
+
+    /// Takes the context's held lines at positions up to `last`, in position order.
+    fn take_up_to(&mut self, context: &str, last: u64) -> Vec<Source> {
+        let Some(lines) = self.by_context.get_mut(context) else {
+            return Vec::new();
+        };
+        let rest = match last.checked_add(1) {
+            Some(after) => lines.split_off(&(after, 0)),
+            None => BTreeMap::new(),
+        };
+        let taken = std::mem::replace(lines, rest);
+        if lines.is_empty() {
+            self.by_context.remove(context);
+        }
+        taken
+            .into_iter()
+            .map(|((_, number), body)| Source { number, body })
+            .collect()
+    }
+
+    /// Everything still held, in input order.
+    fn drain(&mut self) -> impl Iterator<Item = Source> + use<> {
+        let mut all: Vec<Source> = self
+            .by_context
+            .drain()
+            .flat_map(|(_, lines)| lines.into_iter().map(|((_, number), body)| Source { number, body }))
+            .collect();
+        all.sort_by_key(|s| s.number);
+        all.into_iter()
+    }
+}
+
+/// The state of one `reseq run` between batches.
+struct Pipeline<'a, S, W: Write> {
+    engine: &'a Engine<S, SystemClock>,
+    extractor: &'a Extractor,
+    handler: &'a LineWriter<W>,
+    dlq: &'a DlqFile,
+    max_staged: u64,
+    first_seq: u64,
+    held: HeldLines,
+    /// Lines a concurrent writer made busy (`Hold::Busy`): offered again with the next batch.
+    busy: Vec<Source>,
+    /// Every context seen, when the store is in memory (see [`dead_letter_waiting`]).
+    seen: Option<HashSet<String>>,
+    report: RunReport,
+}
+
+impl<S: StagingStore, W: Write + Send> Pipeline<'_, S, W> {
+    /// Hands `sources` to the engine, then the held lines their contexts' cursors brought
+    /// into the window, until no cursor moves. A failure of the store or the dead-letter
+    /// file stops the run (nothing is acknowledged past it).
+    async fn offer(&mut self, sources: Vec<Source>) -> Result<()> {
+        let mut sources = sources;
+        while !sources.is_empty() {
+            let mut batch = Vec::with_capacity(sources.len());
+            let mut kept = Vec::with_capacity(sources.len());
+            // Contexts of this batch with held lines: their cursors are looked up after it.
+            let mut touched: Vec<String> = Vec::new();
+            for source in sources {
+                let Some(env) = self.extract(&source) else { continue };
+                if let Some(seen) = &mut self.seen
+                    && !seen.contains(&env.context_id)
+                {
+                    seen.insert(env.context_id.clone());
+                }
+                if self.held.has(&env.context_id) {
+                    if self.held.holds(&env.context_id, env.seq) {
+                        // A later copy of a held position waits behind the first.
+                        self.held.insert(&env.context_id, env.seq, source);
+                        continue;
+                    }
+                    touched.push(env.context_id.clone());
+                }
+                kept.push(source);
+                batch.push(env);
+            }
+            let outcomes = self.engine.process(batch, self.handler, self.dlq).await;
+            for (source, outcome) in kept.into_iter().zip(outcomes) {
+                match outcome {
+                    Outcome::Held(Hold::Capacity) => {
+                        // Rare enough to parse the line again rather than keep every
+                        // line's context id for it.
+                        if let Some(env) = self.extract(&source) {
+                            self.held.insert(&env.context_id, env.seq, source);
+                            touched.push(env.context_id);
+                        }
+                    }
+                    Outcome::Held(Hold::Busy) => self.busy.push(source),
+                    Outcome::Held(Hold::Failed(err)) => {
+                        anyhow::bail!("line {} could not be processed: {err}", source.number)
+                    }
+                    _ => {}
+                }
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            sources = self.due(touched).await?;
+        }
+        Ok(())
+    }
+
+    /// The line's envelope, or `None` after writing it to the DLQ as invalid.
+    fn extract(&mut self, source: &Source) -> Option<Envelope> {
         let raw = RawMessage {
             message_id: source.number.to_string(),
             body: source.body.clone(),
-            received_at: now,
+            received_at: SystemClock.now(),
             ..RawMessage::default()
         };
-        match extractor.extract(raw) {
-            Ok(env) => {
-                batch.push(env);
-                kept.push(Source {
-                    number: source.number,
-                    body: source.body.clone(),
-                });
-            }
+        match self.extractor.extract(raw) {
+            Ok(env) => Some(env),
             Err(rejection) => {
-                report.rejected += 1;
-                dlq.buffer(source.number, rejection.reason, &rejection.detail, &source.body);
+                self.report.rejected += 1;
+                self.dlq
+                    .buffer(source.number, rejection.reason, &rejection.detail, &source.body);
+                None
             }
         }
     }
-    (batch, kept)
-}
 
-/// Sorts outcomes into "done" and "offer again later"; a failure of the store or the
-/// dead-letter file stops the run (nothing is acknowledged past it).
-fn settle(sources: &[Source], outcomes: Vec<Outcome>, held: &mut Vec<Source>) -> Result<()> {
-    for (source, outcome) in sources.iter().zip(outcomes) {
-        match outcome {
-            Outcome::Held(Hold::Capacity | Hold::Busy) => held.push(Source {
-                number: source.number,
-                body: source.body.clone(),
-            }),
-            Outcome::Held(Hold::Failed(err)) => anyhow::bail!("line {} could not be processed: {err}", source.number),
-            _ => {}
-        }
+    /// Offers again the held lines of `contexts` that their cursors now let in.
+    async fn reoffer(&mut self, contexts: Vec<String>) -> Result<()> {
+        let sources = self.due(contexts).await?;
+        self.offer(sources).await
     }
-    Ok(())
+
+    /// Takes, from the held lines of `contexts`, those within `--max-staged` of their
+    /// context's cursor (all of them once the context is closed: they are late).
+    async fn due(&mut self, contexts: Vec<String>) -> Result<Vec<Source>> {
+        let mut due = Vec::new();
+        for context in contexts {
+            let state = self
+                .engine
+                .store()
+                .load(&context)
+                .await
+                .with_context(|| format!("cannot read the state of context {context:?}"))?;
+            let last = match &state {
+                Some(state) if state.final_seq.is_some() => u64::MAX,
+                Some(state) => state.next.saturating_add(self.max_staged),
+                None => self.first_seq.saturating_add(self.max_staged),
+            };
+            due.extend(self.held.take_up_to(&context, last));
+        }
+        Ok(due)
+    }
 }
 
 async fn sweep_all<S: StagingStore, H: Handler, D: DeadLetterSink>(
@@ -445,12 +630,17 @@ impl DlqFile {
     }
 
     fn buffer(&self, line: u64, reason: Reason, detail: &str, input: &[u8]) {
-        let record = json!({
+        let mut record = json!({
             "reason": reason.as_str(),
             "detail": detail,
             "line": line,
             "input": String::from_utf8_lossy(input),
         });
+        // JSON holds only text: a line that is not UTF-8 also goes in as base64, so that
+        // its bytes can be recovered exactly.
+        if std::str::from_utf8(input).is_err() {
+            record["input_base64"] = BASE64_STANDARD.encode(input).into();
+        }
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -165,11 +165,16 @@ fn reasons(records: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// Every DLQ record has exactly `reason`, `detail`, `line`, `input` with the right types.
+/// Every DLQ record has exactly `reason`, `detail`, `line`, `input` with the right types,
+/// plus `input_base64` (a string) when the line is not UTF-8.
 fn assert_record_shape(record: &Value) {
     let object = record.as_object().expect("DLQ record is an object");
     let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
     keys.sort_unstable();
+    if object.contains_key("input_base64") {
+        assert!(record["input_base64"].is_string(), "input_base64 is a string: {record}");
+        keys.retain(|k| *k != "input_base64");
+    }
     assert_eq!(
         keys,
         ["detail", "input", "line", "reason"],

@@ -24,6 +24,9 @@ pub enum Reason {
     /// `reseq run` only: the context still held `--max-staged` messages when the input ended,
     /// so this line could be neither released nor staged.
     MaxStaged,
+    /// `reseq run` without `--state` only: the line was still waiting (for a missing
+    /// position) when the input ended, and an in-memory store keeps nothing.
+    Unreleased,
 }
 
 impl Reason {
@@ -42,6 +45,7 @@ impl Reason {
             Reason::Expired => "expired",
             Reason::HandlerFailed => "handler-failed",
             Reason::MaxStaged => "max-staged",
+            Reason::Unreleased => "unreleased",
         }
     }
 }
