@@ -59,7 +59,7 @@ pub fn main(args: WorkerArgs) -> Result<ExitCode> {
         eprintln!("reseq: invalid value '{visibility}' for '--visibility-timeout': SQS takes 1s to 12h");
         return Ok(ExitCode::from(2));
     }
-    if let Err(line) = args.sqs.validate() {
+    if let Err(line) = args.sqs.validate().and_then(|()| args.ordering.validate()) {
         eprintln!("reseq: {line}");
         return Ok(ExitCode::from(2));
     }

@@ -58,10 +58,29 @@ fn zero_values_that_cannot_work_are_refused_naming_the_flag() {
         ("--receivers", "0"),
         ("--max-staged", "0"),
         ("--stage-held-after", "0"),
+        ("--retention", "0s"),
+        ("--gap-timeout", "0s"),
     ] {
         assert_config_error(&["worker", "--queue-url", QUEUE, flag, value], flag, value);
     }
     assert_config_error(&["init", "--max-receive-count", "0"], "--max-receive-count", "0");
+}
+
+#[test]
+fn a_gap_timeout_that_the_retention_would_always_beat_is_refused() {
+    assert_config_error(
+        &[
+            "worker",
+            "--queue-url",
+            QUEUE,
+            "--gap-timeout",
+            "2d",
+            "--retention",
+            "1d",
+        ],
+        "--gap-timeout",
+        "--retention",
+    );
 }
 
 #[test]

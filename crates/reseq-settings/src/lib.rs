@@ -22,7 +22,7 @@ pub struct OrderingArgs {
     #[arg(long, env = "RESEQ_FIRST_SEQ", default_value_t = 1, value_name = "N")]
     pub first_seq: u64,
     /// Skip missing positions once the oldest waiting message has waited this long (e.g. 30s). Default: wait forever.
-    #[arg(long, env = "RESEQ_GAP_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, env = "RESEQ_GAP_TIMEOUT", value_name = "DURATION", value_parser = positive_duration)]
     pub gap_timeout: Option<Duration>,
     /// What to do with a message whose position was skipped: dlq, drop or deliver.
     #[arg(long, env = "RESEQ_LATE", default_value = "dlq", value_name = "POLICY")]
@@ -31,7 +31,7 @@ pub struct OrderingArgs {
     #[arg(long, env = "RESEQ_MAX_STAGED", default_value_t = 10_000, value_name = "N", value_parser = at_least_one_u64)]
     pub max_staged: u64,
     /// How long records are kept: waiting messages older than this go to the DLQ (expired).
-    #[arg(long, env = "RESEQ_RETENTION", default_value = "14d", value_name = "DURATION")]
+    #[arg(long, env = "RESEQ_RETENTION", default_value = "14d", value_name = "DURATION", value_parser = positive_duration)]
     pub retention: Duration,
     /// Handler attempts (retryable failures, 1 s backoff doubling to 60 s) before a message is poison.
     #[arg(long, env = "RESEQ_MAX_ATTEMPTS", default_value_t = 5, value_name = "N", value_parser = at_least_one_u32)]
@@ -42,6 +42,19 @@ pub struct OrderingArgs {
 }
 
 impl OrderingArgs {
+    /// Refuses settings that cannot keep their promise: a gap timeout that is not shorter
+    /// than the retention never fires (the waiting messages expire first).
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(gap) = self.gap_timeout.filter(|gap| *gap >= self.retention) {
+            return Err(format!(
+                "invalid value '{gap}' for '--gap-timeout': it must be shorter than --retention ({}), or waiting \
+                 messages expire before a gap is ever skipped",
+                self.retention
+            ));
+        }
+        Ok(())
+    }
+
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             first_seq: self.first_seq,
@@ -301,6 +314,7 @@ pub async fn connect_processor_on(
     lease_owner: String,
 ) -> Result<SqsProcessor, SetupError> {
     sqs_args.validate().map_err(SetupError::Invalid)?;
+    ordering.validate().map_err(SetupError::Invalid)?;
     let extractor = extract.extractor().map_err(SetupError::Invalid)?;
     // Staged items outlive the retention: DynamoDB TTL never takes a waiting message.
     let store = reseq_dynamodb::connect(
