@@ -87,6 +87,11 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
         &self.handler
     }
 
+    /// Where dead letters go.
+    pub fn dlq(&self) -> &D {
+        &self.dlq
+    }
+
     /// Invalid messages seen since start.
     pub fn invalid_count(&self) -> u64 {
         self.invalid_count.load(Relaxed)

@@ -173,3 +173,23 @@ async fn a_record_without_message_id_that_cannot_be_deleted_fails_the_whole_batc
     assert!(text.contains("held") && text.contains("whole batch"), "{text}");
     assert!(!text.contains("was not processed"), "{text}");
 }
+
+#[tokio::test]
+async fn nothing_after_the_final_position_is_released_through_the_lambda_adapter_either() {
+    let (processor, clock) = processor(10_000);
+    let deadline = reseq_core::Clock::now(&*clock).plus(Duration::from_secs(600));
+    let mut last = record("f2", "g", "f", Some(2));
+    last["messageAttributes"]["final"] =
+        json!({"stringValue": "true", "dataType": "String", "stringListValues": [], "binaryListValues": []});
+    // 2 (final) and 3 arrive first and wait; 1 arrives in a later invocation.
+    let first = json!({ "Records": [last, record("f3", "g", "f", Some(3))] });
+    assert!(failures(&handle(&processor, first, deadline).await.unwrap()).is_empty());
+    let second = json!({ "Records": [record("f1", "g", "f", Some(1))] });
+    assert!(failures(&handle(&processor, second, deadline).await.unwrap()).is_empty());
+    assert_eq!(processor.handler().inner.seqs("f"), vec![1, 2]);
+    let letters = processor.dlq().letters();
+    assert_eq!(
+        (letters.len(), letters[0].seq, letters[0].reason),
+        (1, 3, reseq_core::Reason::Late)
+    );
+}
