@@ -34,7 +34,8 @@ impl<H: Handler> Handler for Bounded<H> {
             Err(_) => {
                 let text = format!(
                     "context {:?} position {} (message {}): the handler did not finish within {:?}, the part of the \
-                     lease left after the release budget; retried later",
+                     lease left after the release budget; retried later (a target this slow needs a --lease-duration \
+                     of at least 4 times its time)",
                     msg.context_id, msg.seq, msg.message_id, self.timeout
                 );
                 tracing::warn!("{text}");
