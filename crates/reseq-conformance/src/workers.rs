@@ -235,16 +235,23 @@ async fn die_after<F: std::future::Future>(polls: u32, work: F) -> Option<F::Out
 }
 
 /// Checks releases against the order: position `s` only after `s - 1` was released once
-/// at least (repeats of a run are the at-least-once window of a fault).
-#[derive(Default)]
+/// at least (repeats of a run are the at-least-once window of a fault). Until `healed`,
+/// it fails one call in twenty, retryably.
 struct OrderedTarget {
     delivered: Mutex<HashMap<String, Vec<u64>>>,
     violations: Mutex<Vec<String>>,
+    rng: Mutex<SmallRng>,
+    healed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Handler for OrderedTarget {
     async fn handle(&self, msg: &Release<'_>) -> Result<(), HandlerError> {
         tokio::task::yield_now().await;
+        if !self.healed.load(std::sync::atomic::Ordering::Relaxed)
+            && self.rng.lock().unwrap_or_else(|p| p.into_inner()).random_ratio(1, 20)
+        {
+            return Err(HandlerError::Retryable("injected: target unavailable".into()));
+        }
         let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
         let seen = delivered.entry(msg.context_id.to_string()).or_default();
         if msg.seq > 1 && !seen.contains(&(msg.seq - 1)) {
@@ -262,8 +269,9 @@ impl Handler for OrderedTarget {
 
 /// [`race`] under faults: `workers` engines with leases over one store, which fails
 /// `per_mille` of its requests (before applying, or a write that applied but reports a
-/// timeout), workers that die in the middle of a batch (its messages come back), and
-/// redelivery of everything not acknowledged. Then the faults heal, time moves on past
+/// timeout), a target that fails one call in twenty (retryable), workers that die in the
+/// middle of a batch (its messages come back), and redelivery of everything not
+/// acknowledged. Then the faults heal, time moves on past
 /// the leases and the sweeps run: every position must have been released, in order, and
 /// no context stranded. Panics naming the seed.
 pub async fn race_with_faults<S: StagingStore + 'static>(
@@ -275,8 +283,13 @@ pub async fn race_with_faults<S: StagingStore + 'static>(
     per_mille: u32,
 ) {
     let clock = Arc::new(ManualClock::new(Millis(1_000_000)));
-    let target = OrderedTarget::default();
     let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let target = OrderedTarget {
+        delivered: Mutex::default(),
+        violations: Mutex::default(),
+        rng: Mutex::new(SmallRng::seed_from_u64(seed ^ 0x5eed)),
+        healed: healed.clone(),
+    };
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut messages: Vec<(usize, u64)> = (0..contexts)
         .flat_map(|c| (1..=per_context).map(move |s| (c, s)))
@@ -295,8 +308,10 @@ pub async fn race_with_faults<S: StagingStore + 'static>(
                 owner: format!("worker-{w}"),
                 duration: Duration::from_secs(60),
             };
+            // Retries never run out here: poison is not what this race is about.
             let config = EngineConfig {
                 lease: Some(lease),
+                max_attempts: u32::MAX,
                 ..EngineConfig::default()
             };
             Engine::new(faulty, clock.clone(), config)
