@@ -32,6 +32,10 @@ pub struct InitArgs {
 }
 
 pub fn main(args: InitArgs) -> Result<ExitCode> {
+    if let Err(line) = reseq_settings::check_table_name(&args.table) {
+        eprintln!("reseq: {line}");
+        return Ok(ExitCode::from(2));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

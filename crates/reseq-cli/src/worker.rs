@@ -94,16 +94,6 @@ async fn run(args: WorkerArgs) -> Result<ExitCode> {
     }
     let mut sqs_args = args.sqs.clone();
     sqs_args.stage_held_after = stage_held_after(args.sqs.stage_held_after, queue.max_receive_count);
-    if sqs_args.stage_held_after != args.sqs.stage_held_after {
-        tracing::info!(
-            max_receive_count = queue.max_receive_count,
-            "the queue's redrive policy moves a message after {} receives: messages held back by --max-staged are \
-             staged after {} receives instead of --stage-held-after {}",
-            queue.max_receive_count.unwrap_or(0),
-            sqs_args.stage_held_after,
-            args.sqs.stage_held_after
-        );
-    }
     let processor = match connect_processor_on(sqs.clone(), &args.ordering, &args.extract, &sqs_args, owner).await {
         Ok(processor) => processor,
         Err(err) if err.is_configuration() => {
@@ -116,6 +106,23 @@ async fn run(args: WorkerArgs) -> Result<ExitCode> {
         }
         Err(err) => return Err(err.into()),
     };
+    if sqs_args.stage_held_after != args.sqs.stage_held_after {
+        tracing::info!(
+            max_receive_count = queue.max_receive_count,
+            "the queue's redrive policy moves a message after {} receives: messages held back by --max-staged are \
+             staged after {} receives instead of --stage-held-after {}",
+            queue.max_receive_count.unwrap_or(0),
+            sqs_args.stage_held_after,
+            args.sqs.stage_held_after
+        );
+    }
+    match args.visibility_timeout {
+        Some(visibility) => tracing::info!("receiving with --visibility-timeout {visibility}"),
+        None => tracing::info!(
+            "receiving with the queue's own visibility timeout, {}",
+            queue.visibility_timeout
+        ),
+    }
     if args.sqs.dlq_url.is_none() {
         tracing::warn!(
             "no --dlq-url: conflicts, late and poison messages stay on the queue until its redrive policy moves them"

@@ -110,6 +110,7 @@ fn table_names_dynamodb_refuses_are_refused_naming_the_flag() {
             "--table",
             "table name",
         );
+        assert_config_error(&["init", "--table", table], "--table", "table name");
     }
 }
 
@@ -161,4 +162,44 @@ fn a_wrong_table_queue_output_or_dlq_exits_2_naming_the_resource_and_the_flag() 
     let output = format!("sqs:{missing_queue}");
     run(worker(&["--output", &output]), "--output", &missing_queue);
     run(worker(&["--dlq-url", &missing_queue]), "--dlq-url", &missing_queue);
+}
+
+#[tokio::test]
+async fn a_queue_whose_visibility_is_zero_needs_a_visibility_timeout() {
+    if emulators().is_none() {
+        return;
+    }
+    let name = unique("cfg-vis");
+    let (code, _, stderr) = reseq(&["init", "--table", &name]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue = sqs
+        .create_queue()
+        .queue_name(&name)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "0")
+        .send()
+        .await
+        .expect("create a queue")
+        .queue_url
+        .expect("a URL");
+    assert_config_error(
+        &["worker", "--queue-url", &queue, "--table", &name],
+        "--visibility-timeout",
+        "0s",
+    );
+    let (code, _, stderr) = reseq(&[
+        "worker",
+        "--queue-url",
+        &queue,
+        "--table",
+        &name,
+        "--visibility-timeout",
+        "5s",
+        "--exit-when-idle",
+        "1s",
+        "--wait-time",
+        "1s",
+    ]);
+    assert_eq!(code, Some(0), "with --visibility-timeout it runs: {stderr}");
 }

@@ -120,6 +120,12 @@ impl Place {
                 unavailable(&format!("could not reach DynamoDB in {}", self.location))
             }
             SdkError::ResponseError(_) => unavailable("got an unreadable response"),
+            SdkError::ConstructionFailure(_) if format!("{detail}").contains("table_name") => {
+                StoreError::Fatal(format!(
+                    "invalid table name {table:?} given by --table (RESEQ_TABLE): {action} cannot be sent without a \
+                     table name; a table name is 3 to 255 letters, digits, '_', '-' or '.', or a table ARN"
+                ))
+            }
             SdkError::ConstructionFailure(_) => StoreError::Fatal(format!(
                 "DynamoDB table {table}: {what}: {action} could not be built: {detail}; check the region and \
                  endpoint settings (AWS_REGION, AWS_ENDPOINT_URL_DYNAMODB)"

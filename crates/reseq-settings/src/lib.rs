@@ -199,6 +199,17 @@ pub fn at_least_one_u32(s: &str) -> Result<u32, String> {
     }
 }
 
+/// `--table`'s value, or one line saying why DynamoDB would refuse it.
+pub fn check_table_name(name: &str) -> Result<(), String> {
+    if valid_table_name(name) {
+        return Ok(());
+    }
+    Err(format!(
+        "invalid value '{name}' for '--table': a DynamoDB table name is 3 to 255 letters, digits, '_', '-' or '.' (or \
+         a table ARN), e.g. reseq"
+    ))
+}
+
 /// Whether `name` can be a DynamoDB table name (3 to 255 of `a-z A-Z 0-9 _ - .`) or a
 /// table ARN.
 fn valid_table_name(name: &str) -> bool {
@@ -248,14 +259,7 @@ impl SqsArgs {
                 self.http_timeout, self.lease_duration, self.http_timeout
             ));
         }
-        if !valid_table_name(&self.table) {
-            return Err(format!(
-                "invalid value '{}' for '--table': a DynamoDB table name is 3 to 255 letters, digits, '_', '-' or \
-                 '.' (or a table ARN), e.g. reseq",
-                self.table
-            ));
-        }
-        Ok(())
+        check_table_name(&self.table)
     }
 }
 
