@@ -4,7 +4,9 @@
 //! **Configuration**: the `RESEQ_*` environment variables of `reseq worker`, with the same
 //! names, defaults and parsers (`reseq_settings`), read from the environment only:
 //! `RESEQ_TABLE`, `RESEQ_OUTPUT` (`stdout`, `sqs:<queue-url>`, `http(s)://…`),
-//! `RESEQ_DLQ_URL`, `RESEQ_INVALID`, `RESEQ_LEASE_DURATION`, `RESEQ_HTTP_TIMEOUT`, the
+//! `RESEQ_DLQ_URL`, `RESEQ_INVALID`, `RESEQ_LEASE_DURATION`, `RESEQ_HTTP_TIMEOUT`,
+//! `RESEQ_STAGE_HELD_AFTER` (keep it below the queue's `maxReceiveCount`: the function
+//! cannot read the queue's redrive policy), the
 //! ordering ones (`RESEQ_FIRST_SEQ`, `RESEQ_GAP_TIMEOUT`, `RESEQ_LATE`, `RESEQ_MAX_STAGED`,
 //! `RESEQ_RETENTION`, `RESEQ_MAX_ATTEMPTS`, `RESEQ_ON_POISON`) and the extraction ones
 //! (`RESEQ_CONTEXT_ATTR`, `RESEQ_SEQ_ATTR`, `RESEQ_CONTEXT_PATH`, `RESEQ_SEQ_PATH`,
