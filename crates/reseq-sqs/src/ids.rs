@@ -14,7 +14,10 @@
 //! A context id that itself looks like a hashed form (`h-` and 32 hex digits) is hashed
 //! too, so no context can take another one's ids. The hashed form is stable (the same
 //! context always gets the same group, so its order holds) and a consumer that needs the
-//! context id reads the `contextId` attribute, which is always the id itself.
+//! context id reads the `contextId` attribute, which is always the id itself: a String,
+//! or a Binary holding its UTF-8 when it has characters an SQS String refuses (see
+//! [`sqs_allows`] and `output::context_attribute`). Only printable ASCII without space is
+//! kept as it is in an id, so such a context id is always hashed here.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -210,6 +213,15 @@ mod tests {
             let group = fifo_group_id(odd);
             assert!(group.starts_with("h-") && fits_fifo_id(&group), "{odd:?} -> {group}");
             assert_eq!(fifo_dedup_id(odd, u64::MAX), format!("{group}:{}", u64::MAX));
+        }
+    }
+
+    #[test]
+    fn characters_sqs_strings_refuse_are_hashed_into_valid_ids() {
+        for odd in ["ctx\u{1}", "a\u{FFFE}", "\u{0}", "del\u{7f}"] {
+            let group = fifo_group_id(odd);
+            assert!(fits_fifo_id(&group) && group.starts_with("h-"), "{odd:?} -> {group}");
+            assert!(fits_fifo_id(&fifo_dedup_id(odd, u64::MAX)));
         }
     }
 
