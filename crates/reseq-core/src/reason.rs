@@ -67,6 +67,8 @@ mod tests {
             Reason::MissingContextId,
             Reason::HandlerFailed,
             Reason::TooLarge,
+            Reason::MaxStaged,
+            Reason::Unreleased,
         ] {
             assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{}\"", r.as_str()));
         }
