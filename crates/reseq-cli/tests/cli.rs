@@ -431,41 +431,22 @@ fn dlq_records_have_reason_detail_line_and_input() {
     assert_eq!(records[1]["input"], invalid.as_str());
 }
 
-/// a:2 waits in a state file (run 1); once the gap timeout (1 ms; zero is a configuration
-/// error) has passed, a run with no input sweeps, skips position 1 and releases a:2 (run 2,
-/// unless run 1's own last sweep came late enough to do it); then `late` is fed (run 3).
-/// Returns what runs 1 and 2 printed, and run 3. The pause only makes sure that the timeout
-/// has run out; nothing is asserted about time.
-fn run_after_gap_skip(args: &[&str], late: &[String]) -> (String, Finished) {
-    let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("gap.db");
-    let mut all = vec!["--gap-timeout", "1ms", "--state", path_str(&state)];
-    all.extend_from_slice(args);
-    let first = run(&all, lines(&[msg("a", 2)]).as_bytes());
-    first.assert_success("run 1: a:2 waits");
-    thread::sleep(Duration::from_millis(20));
-    let swept = run(&all, b"");
-    swept.assert_success("run 2: the sweep skips position 1");
-    let fed = run(&all, lines(late).as_bytes());
-    fed.assert_success("run 3: the late line");
-    (first.stdout_text() + &swept.stdout_text(), fed)
-}
-
 #[test]
 fn late_line_goes_to_the_dlq_after_a_gap_timeout() {
     let tmp = tempfile::tempdir().unwrap();
     let dlq = tmp.path().join("late.dlq");
-    let (swept, fed) = run_after_gap_skip(&["--dlq", path_str(&dlq)], &[msg("a", 1)]);
+    let input = lines(&[msg("a", 2), msg("a", 1)]);
+    let got = run(&["--gap-timeout", "0ms", "--dlq", path_str(&dlq)], input.as_bytes());
+    got.assert_success("late");
     assert_eq!(
-        swept,
+        got.stdout_text(),
         lines(&[msg("a", 2)]),
         "a:2 is released once position 1 is skipped"
     );
-    assert!(fed.stdout.is_empty(), "the late line is not released");
     let records = dlq_records(&dlq);
     assert_eq!(reasons(&records), ["late"], "records: {records:?}");
     assert_record_shape(&records[0]);
-    assert_eq!(records[0]["line"], 1);
+    assert_eq!(records[0]["line"], 2);
     assert_eq!(records[0]["input"], msg("a", 1).as_str());
 }
 
@@ -523,11 +504,15 @@ fn without_dlq_rejected_lines_are_reported_on_stderr() {
 #[test]
 fn late_policies_drop_and_deliver() {
     let tmp = tempfile::tempdir().unwrap();
+    let input = lines(&[msg("a", 2), msg("a", 1)]);
 
     let dlq = tmp.path().join("drop.dlq");
-    let (swept, fed) = run_after_gap_skip(&["--late", "drop", "--dlq", path_str(&dlq)], &[msg("a", 1)]);
-    assert_eq!(swept, lines(&[msg("a", 2)]));
-    assert!(fed.stdout.is_empty(), "--late drop releases nothing");
+    let got = run(
+        &["--gap-timeout", "0ms", "--late", "drop", "--dlq", path_str(&dlq)],
+        input.as_bytes(),
+    );
+    got.assert_success("--late drop");
+    assert_eq!(got.stdout_text(), lines(&[msg("a", 2)]));
     assert_eq!(
         dlq_records(&dlq),
         Vec::<Value>::new(),
@@ -535,11 +520,14 @@ fn late_policies_drop_and_deliver() {
     );
 
     let dlq = tmp.path().join("deliver.dlq");
-    let (swept, fed) = run_after_gap_skip(&["--late", "deliver", "--dlq", path_str(&dlq)], &[msg("a", 1)]);
-    assert_eq!(swept, lines(&[msg("a", 2)]));
+    let got = run(
+        &["--gap-timeout", "0ms", "--late", "deliver", "--dlq", path_str(&dlq)],
+        input.as_bytes(),
+    );
+    got.assert_success("--late deliver");
     assert_eq!(
-        fed.stdout_text(),
-        lines(&[msg("a", 1)]),
+        got.stdout_text(),
+        lines(&[msg("a", 2), msg("a", 1)]),
         "--late deliver releases the late line"
     );
     assert_eq!(dlq_records(&dlq), Vec::<Value>::new());
@@ -927,7 +915,7 @@ fn arbitrary_bytes_never_panic() {
     input.extend_from_slice(b"\n\xff\xff\xff");
     let tmp = tempfile::tempdir().unwrap();
     let dlq = tmp.path().join("garbage.dlq");
-    let got = run(&["--dlq", path_str(&dlq), "--gap-timeout", "1ms"], &input);
+    let got = run(&["--dlq", path_str(&dlq), "--gap-timeout", "0ms"], &input);
     got.assert_success("garbage");
     for record in dlq_records(&dlq) {
         assert_record_shape(&record);

@@ -59,7 +59,6 @@ fn zero_values_that_cannot_work_are_refused_naming_the_flag() {
         ("--max-staged", "0"),
         ("--stage-held-after", "0"),
         ("--retention", "0s"),
-        ("--gap-timeout", "0s"),
     ] {
         assert_config_error(&["worker", "--queue-url", QUEUE, flag, value], flag, value);
     }

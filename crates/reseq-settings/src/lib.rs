@@ -22,7 +22,8 @@ pub struct OrderingArgs {
     #[arg(long, env = "RESEQ_FIRST_SEQ", default_value_t = 1, value_name = "N")]
     pub first_seq: u64,
     /// Skip missing positions once the oldest waiting message has waited this long (e.g. 30s). Default: wait forever.
-    #[arg(long, env = "RESEQ_GAP_TIMEOUT", value_name = "DURATION", value_parser = positive_duration)]
+    // 0 is allowed: it skips a gap at once (no waiting, only dedupe and order within what arrived).
+    #[arg(long, env = "RESEQ_GAP_TIMEOUT", value_name = "DURATION")]
     pub gap_timeout: Option<Duration>,
     /// What to do with a message whose position was skipped: dlq, drop or deliver.
     #[arg(long, env = "RESEQ_LATE", default_value = "dlq", value_name = "POLICY")]
