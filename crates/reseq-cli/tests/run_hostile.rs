@@ -3,117 +3,22 @@
 //! `--first-seq`. Each test starts the real binary, as `cli.rs` does.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
 
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use serde_json::Value;
 
-/// How long any single `reseq` invocation may take before the test fails (and kills it).
-/// A safety net against a hang, not a speed check.
-const PROCESS_DEADLINE: Duration = Duration::from_secs(120);
+mod common;
+use common::reseq_run::{Finished, dlq_records, lines, msg, msg_body, path_str, reasons};
 
-/// `reseq run <args>` with a clean `RESEQ_*` environment.
+/// `reseq run <args>` with `stdin`, which must succeed (exit 0, no panic).
 fn run(args: &[&str], stdin: &[u8]) -> Finished {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reseq"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("RESEQ_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.arg("run").args(args);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("cannot start reseq");
-    let mut child_stdin = child.stdin.take().expect("stdin is piped");
-    let input = stdin.to_vec();
-    let writer = thread::spawn(move || {
-        let _ = child_stdin.write_all(&input);
-    });
-    let stdout = drain(child.stdout.take().expect("stdout is piped"));
-    let stderr = drain(child.stderr.take().expect("stderr is piped"));
-    let code = wait_with_deadline(&mut child);
-    let _ = writer.join();
-    let stdout = stdout.join().expect("stdout reader");
-    let stderr = String::from_utf8_lossy(&stderr.join().expect("stderr reader")).into_owned();
-    let finished = Finished { stdout, stderr };
-    assert_eq!(code, Some(0), "exit code; stderr:\n{}", finished.stderr);
-    assert!(
-        !finished.stderr.contains("panicked"),
-        "panic; stderr:\n{}",
-        finished.stderr
-    );
+    let finished = common::reseq_run::run(args, stdin);
+    finished.assert_success(&format!("reseq run {}", args.join(" ")));
     finished
-}
-
-struct Finished {
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Finished {
-    fn stdout_text(&self) -> String {
-        String::from_utf8(self.stdout.clone()).expect("stdout is UTF-8")
-    }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        buf
-    })
-}
-
-fn wait_with_deadline(child: &mut Child) -> Option<i32> {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("cannot wait for reseq") {
-            return status.code();
-        }
-        if started.elapsed() > PROCESS_DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("reseq did not exit within {PROCESS_DEADLINE:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn msg(ctx: &str, seq: u64) -> String {
-    format!(r#"{{"contextId":"{ctx}","sequence":{seq}}}"#)
-}
-
-fn msg_body(ctx: &str, seq: u64, body: &str) -> String {
-    format!(r#"{{"contextId":"{ctx}","sequence":{seq},"body":"{body}"}}"#)
 }
 
 fn final_msg(ctx: &str, seq: u64) -> String {
     format!(r#"{{"contextId":"{ctx}","sequence":{seq},"final":true}}"#)
-}
-
-fn lines(lines: &[String]) -> String {
-    lines.iter().map(|l| format!("{l}\n")).collect()
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
-
-fn dlq_records(path: &Path) -> Vec<Value> {
-    let Ok(text) = fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("DLQ line is not JSON ({err}): {l}")))
-        .collect()
-}
-
-fn reasons(records: &[Value]) -> Vec<&str> {
-    records.iter().map(|r| r["reason"].as_str().expect("reason")).collect()
 }
 
 // ---------------------------------------------------------------------------------------

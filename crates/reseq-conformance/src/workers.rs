@@ -133,16 +133,37 @@ pub async fn race<S: StagingStore + 'static>(
 
 /// A store that fails as a real one does, decided by a seeded generator: a request that
 /// fails before it applies, and a write that applies but reports a timeout. Each request
-/// also yields first, so that a worker can die at any await point (see [`race_with_faults`]).
+/// also yields first, so that a worker can die at any await point (see [`race_with_faults`]);
+/// [`FaultyStore::hang_load`] makes one load never complete, to kill a worker exactly there.
 pub struct FaultyStore<S> {
     inner: Arc<S>,
     rng: Mutex<SmallRng>,
     /// Out of 1000 requests, how many fail; `healed` stops every fault.
     per_mille: u32,
     healed: Arc<std::sync::atomic::AtomicBool>,
+    /// Loads still to let through before one hangs for ever; negative: none hangs.
+    hang_after: std::sync::atomic::AtomicI64,
 }
 
 impl<S: StagingStore> FaultyStore<S> {
+    /// Over `inner`, failing `per_mille` of the requests until `healed` is set.
+    pub fn new(inner: Arc<S>, seed: u64, per_mille: u32, healed: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        FaultyStore {
+            inner,
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            per_mille,
+            healed,
+            hang_after: std::sync::atomic::AtomicI64::new(-1),
+        }
+    }
+
+    /// The `nth` next load (0: the very next) never completes: dropping the future then is
+    /// a crash at that await point.
+    pub fn hang_load(&self, nth: u32) {
+        self.hang_after
+            .store(i64::from(nth), std::sync::atomic::Ordering::SeqCst);
+    }
+
     async fn fault(&self, applies: bool) -> Result<bool, reseq_core::StoreError> {
         tokio::task::yield_now().await;
         if self.healed.load(std::sync::atomic::Ordering::Relaxed) {
@@ -167,6 +188,9 @@ impl<S: StagingStore> FaultyStore<S> {
 
 impl<S: StagingStore> StagingStore for FaultyStore<S> {
     async fn load(&self, context_id: &str) -> Result<Option<reseq_core::ContextState>, reseq_core::StoreError> {
+        if self.hang_after.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            std::future::pending::<()>().await;
+        }
         self.fault(false).await?;
         self.inner.load(context_id).await
     }
@@ -298,12 +322,12 @@ pub async fn race_with_faults<S: StagingStore + 'static>(
     let mut queue: VecDeque<(usize, u64)> = messages.into_iter().collect();
     let engines: Vec<_> = (0..workers)
         .map(|w| {
-            let faulty = FaultyStore {
-                inner: store.clone(),
-                rng: Mutex::new(SmallRng::seed_from_u64(seed.wrapping_mul(7919).wrapping_add(w as u64))),
+            let faulty = FaultyStore::new(
+                store.clone(),
+                seed.wrapping_mul(7919).wrapping_add(w as u64),
                 per_mille,
-                healed: healed.clone(),
-            };
+                healed.clone(),
+            );
             let lease = LeaseConfig {
                 owner: format!("worker-{w}"),
                 duration: Duration::from_secs(60),

@@ -886,54 +886,6 @@ async fn an_expired_message_the_dlq_cannot_take_backs_off_and_stays_staged() {
     assert!(rig.state("a").await.expiry_retry.is_none());
 }
 
-/// A store whose `nth` next load never completes: dropping the future then is a crash at
-/// that await point.
-struct HangingStore {
-    inner: CountingStore<MemoryStore>,
-    hang_after: std::sync::atomic::AtomicI64,
-}
-
-impl StagingStore for HangingStore {
-    async fn load(&self, context_id: &str) -> Result<Option<reseq_core::ContextState>, reseq_core::StoreError> {
-        if self.hang_after.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-            std::future::pending::<()>().await;
-        }
-        self.inner.load(context_id).await
-    }
-    async fn stage(
-        &self,
-        context_id: &str,
-        msg: &reseq_core::StagedMessage,
-    ) -> Result<reseq_core::StageOutcome, reseq_core::StoreError> {
-        self.inner.stage(context_id, msg).await
-    }
-    async fn staged(
-        &self,
-        context_id: &str,
-        from: u64,
-        to: u64,
-        limit: usize,
-    ) -> Result<Vec<reseq_core::StagedMessage>, reseq_core::StoreError> {
-        self.inner.staged(context_id, from, to, limit).await
-    }
-    async fn waiting(&self, context_id: &str, from: u64) -> Result<reseq_core::Waiting, reseq_core::StoreError> {
-        self.inner.waiting(context_id, from).await
-    }
-    async fn commit(
-        &self,
-        context_id: &str,
-        commit: &reseq_core::Commit,
-    ) -> Result<reseq_core::CommitOutcome, reseq_core::StoreError> {
-        self.inner.commit(context_id, commit).await
-    }
-    async fn due(&self, query: &reseq_core::DueQuery) -> Result<Vec<String>, reseq_core::StoreError> {
-        self.inner.due(query).await
-    }
-    async fn flush(&self) -> Result<(), reseq_core::StoreError> {
-        self.inner.flush().await
-    }
-}
-
 fn leased() -> EngineConfig {
     EngineConfig {
         lease: Some(reseq_core::engine::LeaseConfig {
@@ -974,16 +926,19 @@ async fn a_store_error_in_the_lost_wakeup_check_gives_the_batch_back_and_its_red
 #[tokio::test]
 async fn a_crash_between_the_lost_wakeup_check_and_the_drain_is_repaired_by_the_redelivery() {
     let clock = Arc::new(ManualClock::new(Millis(1_000_000)));
-    let store = Arc::new(HangingStore {
-        inner: CountingStore::new(MemoryStore::new()),
-        hang_after: std::sync::atomic::AtomicI64::new(i64::MAX),
-    });
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let store = Arc::new(reseq_conformance::workers::FaultyStore::new(
+        Arc::new(MemoryStore::new()),
+        0,
+        0,
+        healthy,
+    ));
     stranded_at_the_cursor(&store, "a").await;
     let handler = RecordingHandler::new();
     let dlq = RecordingDlq::new();
     let crashing = Engine::new(store.clone(), clock.clone(), leased());
     // Loads: the batch's (0), the check's (1), the drain's (2): the worker dies there.
-    store.hang_after.store(2, std::sync::atomic::Ordering::SeqCst);
+    store.hang_load(2);
     let batch = vec![Envelope::new("a", 2, "a:2")];
     let crashed = tokio::time::timeout(
         std::time::Duration::from_millis(200),

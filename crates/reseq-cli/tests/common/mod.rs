@@ -1,4 +1,8 @@
-//! What the tests that need the local AWS stand-ins share.
+//! What the binary's test files share: the guard for the local AWS stand-ins, and running
+//! `reseq run` ([`reseq_run`]).
+#![allow(dead_code)] // Each test file uses its own part of this module.
+
+pub mod reseq_run;
 
 /// The stand-ins' endpoints, or `None` when they are not configured. scripts/test.sh sets
 /// RESEQ_REQUIRE_EMULATORS=1, and then a missing endpoint fails the test.
