@@ -19,6 +19,8 @@
 pub mod engine;
 pub mod envelope;
 pub mod extract;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod memory;
 pub mod reason;
