@@ -85,7 +85,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
         }
         None => execute(&args, MemoryStore::new(), input, stdout, &dlq)?,
     };
-    eprintln!("{}", report.summary(args.state.is_some()));
+    eprintln!("{}{}", report.summary(args.state.is_some()), dlq.reasons_summary());
     if let Some(err) = report.input_error {
         eprintln!("reseq: stopped reading input: {err}");
         return Ok(ExitCode::FAILURE);
@@ -602,6 +602,8 @@ impl<W: Write + Send> Handler for LineWriter<W> {
 pub struct DlqFile {
     out: Mutex<Box<dyn Write + Send>>,
     pending: Mutex<Vec<(u64, String)>>,
+    /// Lines written per reason, for the summary.
+    counts: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl DlqFile {
@@ -619,6 +621,7 @@ impl DlqFile {
         Ok(DlqFile {
             out: Mutex::new(out),
             pending: Mutex::new(Vec::new()),
+            counts: Mutex::default(),
         })
     }
 
@@ -626,10 +629,27 @@ impl DlqFile {
         DlqFile {
             out: Mutex::new(Box::new(io::sink())),
             pending: Mutex::new(Vec::new()),
+            counts: Mutex::default(),
         }
     }
 
+    /// `"; dead-lettered: invalid-json 2, late 1"` for the summary line, or nothing.
+    pub fn reasons_summary(&self) -> String {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.is_empty() {
+            return String::new();
+        }
+        let parts: Vec<String> = counts.iter().map(|(reason, n)| format!("{reason} {n}")).collect();
+        format!("; dead-lettered: {}", parts.join(", "))
+    }
+
     fn buffer(&self, line: u64, reason: Reason, detail: &str, input: &[u8]) {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason.as_str())
+            .or_default() += 1;
         let mut record = json!({
             "reason": reason.as_str(),
             "detail": detail,
