@@ -6,3 +6,5 @@
 //! and crashes, all polled by a single-threaded executor, and the checks of SPEC §4 after
 //! every step. The test targets run it over many seeds, and drive the real binaries
 //! against the local stand-ins.
+
+pub mod sim;

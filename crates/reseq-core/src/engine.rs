@@ -227,6 +227,26 @@ pub struct Engine<S, C> {
     lease_calls: AtomicU64,
     /// Tells an outage of the target from a poison message (SPEC §3).
     breaker: Breaker,
+    /// A deliberately broken variant, for the simulation to prove it catches it.
+    mutation: Mutation,
+}
+
+/// Deliberately broken variants of the engine (TigerBeetle's "the harness bites"): the
+/// system simulation runs each and must catch it within a few hundred seeds. Never set
+/// outside those tests; [`Mutation::None`] is the engine.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mutation {
+    #[default]
+    None,
+    /// The stranding fixes of issue 8 reverted: a failed lost-wakeup check (or a failure
+    /// after staging) settles the batch anyway, a copy does not trigger the check, and a
+    /// sweep's commit does not leave its context due.
+    NoStrandingRepair,
+    /// The lost-wakeup check always answers "nothing to do".
+    NoLostWakeupCheck,
+    /// The cursor is committed before the handler returns.
+    CommitBeforeHandler,
 }
 
 /// How many different contexts must fail retryably in a row, with no success between,
@@ -428,7 +448,15 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             counters: Counters::default(),
             lease_calls: AtomicU64::new(0),
             breaker: Breaker::default(),
+            mutation: Mutation::None,
         }
+    }
+
+    /// This engine, broken on purpose (see [`Mutation`]).
+    #[doc(hidden)]
+    pub fn with_mutation(mut self, mutation: Mutation) -> Self {
+        self.mutation = mutation;
+        self
     }
 
     pub fn store(&self) -> &S {
@@ -530,6 +558,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 Finished::Done => {}
                 // Without leases nobody else looks at this context: nothing can be lost.
                 Finished::Failed(_) if self.config.lease.is_none() => {}
+                Finished::Failed(_) | Finished::Unchecked(_) if self.mutation == Mutation::NoStrandingRepair => {}
                 Finished::Wake => woken.push((context_id, indices)),
                 // A failure after staging skips the check too (what it staged may be at
                 // the cursor, and no lease holder will look), so it is unchecked as well.
@@ -539,7 +568,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             }
         }
         for (context_id, indices) in woken {
-            if let Err(err) = self.drain(&context_id, handler, dlq, deadline, false).await {
+            if let Err(err) = self.drain(&context_id, handler, dlq, deadline, false).await
+                && self.mutation != Mutation::NoStrandingRepair
+            {
                 self.unsettle(&context_id, &indices, &err, &mut outcomes);
             }
         }
@@ -1172,6 +1203,19 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             late: false,
             attempt: failures + 1,
         };
+        if self.mutation == Mutation::CommitBeforeHandler {
+            let mut moved = work.state.clone();
+            moved.next = msg.seq.saturating_add(1);
+            moved.last_released = Some(msg.seq);
+            let commit = Commit {
+                expected_version: work.loaded_version,
+                state: Some(moved),
+                remove_staged: vec![],
+            };
+            if let CommitOutcome::Committed = self.store.commit(&work.context_id, &commit).await? {
+                work.loaded_version += 1;
+            }
+        }
         let error = match handler.handle(&release).await {
             Ok(()) => {
                 self.breaker.succeeded();
@@ -1250,6 +1294,22 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 }
                 return Ok(Step::Continue);
             }
+            // The DLQ is out: that is no reason to block a context whose operator chose
+            // skip. Try again later (found by the simulation: a DLQ hiccup blocked for good).
+            let previous = work.state.retry.as_ref().filter(|r| r.seq == msg.seq);
+            let outage_retries = previous.map_or(0, |r| r.outage_retries) + 1;
+            let not_before = now.plus(retry_backoff(outage_retries));
+            tracing::warn!(context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, retry_at = not_before.0, "poison message could not be dead-lettered: trying again later");
+            work.state.retry = Some(RetryState {
+                seq: msg.seq,
+                attempts: failures,
+                not_before,
+                last_error: format!("{error}; and the DLQ refused it: {outcome:?}"),
+                outage_retries,
+            });
+            work.dirty = true;
+            self.keep_waiting(work, msg, source, outcomes);
+            return Ok(Step::Stall);
         }
         bump(&self.counters.blocked);
         tracing::error!(
@@ -1541,7 +1601,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             if work.cut {
                 due_at = due_at.min(now);
             }
-            if let Some(lease) = self.config.lease.as_ref().filter(|_| work.recheck && work.leased) {
+            let recheck = work.recheck && work.leased && self.mutation != Mutation::NoStrandingRepair;
+            if let Some(lease) = self.config.lease.as_ref().filter(|_| recheck) {
                 // If the check after this commit is lost, a sweep still comes.
                 due_at = due_at.min(now.plus(lease.duration));
             }
@@ -1569,7 +1630,20 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             // Nothing of this context was written: neither what it released nor what was
             // still waiting in `pending` may be acknowledged.
             let unwritten = work.pending.values().map(|p| p.index);
-            for i in work.released.iter().copied().chain(unwritten) {
+            // A duplicate may be of a copy that was not written either: it comes back too.
+            let duplicates = work
+                .indices
+                .iter()
+                .copied()
+                .filter(|&i| outcomes[i] == Outcome::Duplicate);
+            let unsettled: Vec<usize> = work
+                .released
+                .iter()
+                .copied()
+                .chain(unwritten)
+                .chain(duplicates)
+                .collect();
+            for i in unsettled {
                 outcomes[i] = Outcome::Held(Hold::Failed(err.clone()));
             }
             return Finished::Failed(err);
@@ -1579,7 +1653,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             return Finished::Done;
         }
         let staged_any = staged_since.is_some();
-        let check = self.config.lease.is_some() && (work.leased || work.busy || staged_any || work.saw_copy);
+        let saw_copy = work.saw_copy && self.mutation != Mutation::NoStrandingRepair;
+        let check = self.config.lease.is_some() && (work.leased || work.busy || staged_any || saw_copy);
         if !check {
             return Finished::Done;
         }
@@ -1596,6 +1671,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     /// other writes, so at least one of them sees the message that became releasable.
     /// An error is not "nothing to do": the caller makes sure someone looks again.
     async fn woken(&self, context_id: &str, now: Millis) -> Result<bool, StoreError> {
+        if self.mutation == Mutation::NoLostWakeupCheck {
+            return Ok(false);
+        }
         let Some(state) = self.store.load(context_id).await? else {
             return Ok(false);
         };

@@ -977,3 +977,38 @@ async fn a_lost_wakeup_after_a_sweep_release_is_found_by_a_later_sweep() {
     rig.sweep().await;
     assert_eq!(rig.handler.seqs("a"), vec![1, 2]);
 }
+
+#[tokio::test]
+async fn under_skip_a_dlq_that_refuses_the_poison_once_does_not_block_the_context() {
+    // Found by the simulation (seeds 69, 77, 100 of reseq-system-tests).
+    let rig = Rig::new(EngineConfig {
+        on_poison: PoisonPolicy::Skip,
+        ..cfg()
+    });
+    rig.handler.fail("a", 1, vec![HandlerError::Permanent("bad".into()); 2]);
+    rig.dlq.set_unavailable(true);
+    let outcomes = rig.send(vec![rig.msg("a", 1), rig.msg("a", 2)]).await;
+    assert_eq!(outcomes, vec![Outcome::Staged, Outcome::Staged]);
+    let state = rig.state("a").await;
+    assert!(state.blocked.is_none(), "not blocked: {state:?}");
+    assert!(state.retry.is_some(), "tried again later");
+    rig.dlq.set_unavailable(false);
+    rig.clock.advance(Duration::from_secs(2));
+    rig.sweep().await;
+    assert_eq!(rig.dlq.reasons(), vec![Reason::HandlerFailed]);
+    assert_eq!(rig.handler.seqs("a"), vec![2]);
+}
+
+#[tokio::test]
+async fn a_duplicate_of_a_copy_that_could_not_be_staged_is_not_settled() {
+    // Found by the simulation with the stranding repair reverted: the batch's second
+    // copy was acknowledged although the first was never written.
+    let rig = Rig::new(cfg());
+    rig.engine.store().arm_fault(Op::Stage, 0);
+    let outcomes = rig.send(vec![rig.msg("a", 2), rig.msg("a", 2)]).await;
+    assert!(rig.engine.store().disarm_fault());
+    assert!(
+        outcomes.iter().all(|o| !o.is_settled()),
+        "neither copy may be deleted: {outcomes:?}"
+    );
+}
