@@ -248,7 +248,20 @@ impl DeadLetterSink for SqsDeadLetters {
             position: (!invalid).then_some((letter.context_id, letter.seq)),
             group: Some(letter.context_id).filter(|c| !c.is_empty()),
         })
-        .await
+        .await?;
+        // The one line per dead letter that names the reason as the DLQ does (invalid
+        // messages are logged where they are rejected, with theirs).
+        if !invalid {
+            tracing::warn!(
+                message_id = %letter.message_id,
+                reason = %letter.reason,
+                context_id = %letter.context_id,
+                seq = letter.seq,
+                detail = %letter.detail,
+                "dead-lettered"
+            );
+        }
+        Ok(())
     }
 }
 

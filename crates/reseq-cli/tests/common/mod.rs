@@ -3,6 +3,7 @@
 #![allow(dead_code)] // Each test file uses its own part of this module.
 
 pub mod reseq_run;
+pub mod sqs_worker;
 
 /// The stand-ins' endpoints, or `None` when they are not configured. scripts/test.sh sets
 /// RESEQ_REQUIRE_EMULATORS=1, and then a missing endpoint fails the test.
