@@ -9,7 +9,11 @@
 #
 # Environment:
 #   RESEQ_SCENARIOS   folder of the public scenarios (default: ../shared/scenarios)
-#   PROPTEST_CASES    property cases per property (each property asks for at least 256)
+#   PROPTEST_CASES    property cases per property (each property asks for at least 256;
+#                     the fuzz targets under cargo test ask for 1,500 to 8,000 at least)
+#   RESEQ_FUZZ_SECONDS  also run the coverage-guided fuzz targets (scripts/fuzz.sh) this many
+#                     seconds each; off by default: installing cargo-fuzz and building the
+#                     instrumented targets adds about 2.5 min on a fresh machine
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +46,13 @@ export RESEQ_REQUIRE_EMULATORS=1
 step "tests"
 cargo nextest run --workspace --locked --no-fail-fast
 cargo test --workspace --doc --locked
+
+step "coverage-guided fuzzing"
+if [ -n "${RESEQ_FUZZ_SECONDS:-}" ]; then
+  scripts/fuzz.sh "$RESEQ_FUZZ_SECONDS"
+else
+  echo "skipped: set RESEQ_FUZZ_SECONDS=10 to run scripts/fuzz.sh (the targets ran under cargo test above)"
+fi
 
 step "public scenarios"
 scenarios=${RESEQ_SCENARIOS:-../shared/scenarios}

@@ -337,8 +337,8 @@ mod tests {
 
 /// Fuzz target `dynamodb_item` (docs/RELIABILITY.md, "Fuzzing"): decoding a state item or
 /// a staged item from any attribute map returns a value or an error and never panics;
-/// and what this crate writes reads back the same. Cases: `PROPTEST_CASES`, else 2,000
-/// per property; failures are saved in `src/codec.proptest-regressions` (checked in).
+/// and what this crate writes reads back the same. Cases: 2,000 per property, or
+/// `PROPTEST_CASES` when that is more; failures are saved in `src/codec.proptest-regressions` (checked in).
 #[cfg(test)]
 mod fuzz {
     use super::*;
@@ -348,8 +348,8 @@ mod fuzz {
     fn config() -> ProptestConfig {
         let cases = std::env::var("PROPTEST_CASES")
             .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(2_000);
+            .and_then(|c| c.parse::<u32>().ok())
+            .map_or(2_000, |c| c.max(2_000));
         ProptestConfig {
             cases,
             max_shrink_iters: 2048,

@@ -7,7 +7,7 @@
 //! any fields of any JSON type. Nothing may panic (SPEC §7), and a response names only
 //! records of the event, by their non-empty `messageId`.
 //!
-//! Cases: `PROPTEST_CASES` when set, else the figures below; failures are shrunk and
+//! Cases: the figures below, or `PROPTEST_CASES` when that is more; failures are shrunk and
 //! saved in `fuzz.proptest-regressions` beside this file (checked in, replayed first).
 
 use proptest::prelude::*;
@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 fn config(default_cases: u32) -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(default_cases);
+        .and_then(|c| c.parse::<u32>().ok())
+        .map_or(default_cases, |c| c.max(default_cases));
     ProptestConfig {
         cases,
         max_shrink_iters: 2048,
