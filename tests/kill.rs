@@ -927,6 +927,10 @@ async fn dynamodb_local_restarted_mid_run_the_worker_survives_and_loses_nothing(
         ),
         started,
     );
+    assert!(
+        warnings > 0,
+        "the worker logged no DynamoDB error: the restart did not reach it: {log}"
+    );
 }
 
 // ------------------------------------------------------------------ Lambda -----------
