@@ -9,10 +9,24 @@
 use reseq_core::engine::Mutation;
 use reseq_system_tests::sim::{SimConfig, SimReport, run, summary};
 
-/// Seeds that found bugs, each fixed: kept so that the bug never comes back.
+/// Seeds that found bugs, each fixed and pinned by a focused test in
+/// `reseq-core/tests/engine.rs`: kept so that the bug never comes back.
 /// - 69, 77, 100: under `--on-poison skip`, a DLQ that refused the poison message once
 ///   blocked its context for good (now: retried with backoff).
-const REGRESSION_SEEDS: [u64; 3] = [69, 77, 100];
+/// - 1796174106111 (soak): a failed lost-wakeup check whose given-back message never came
+///   back (SQS had delivered it twice; the other copy was deleted) stranded the context
+///   (now: the next sweep of that process checks again).
+/// - 1796174002721, 1796174003718, 1796174013096 (soak): a duplicate of a release whose
+///   commit lost its version race was acknowledged (now: held with the release).
+const REGRESSION_SEEDS: [u64; 7] = [
+    69,
+    77,
+    100,
+    1_796_174_106_111,
+    1_796_174_002_721,
+    1_796_174_003_718,
+    1_796_174_013_096,
+];
 
 fn seeds_per_half() -> u64 {
     std::env::var("RESEQ_SIM_SEEDS")

@@ -229,6 +229,11 @@ pub struct Engine<S, C> {
     breaker: Breaker,
     /// A deliberately broken variant, for the simulation to prove it catches it.
     mutation: Mutation,
+    /// Contexts whose lost-wakeup check failed in this process: the next sweep checks
+    /// them again. The batch given back to the source is the first net (its redelivery
+    /// looks again); this is the second, for when no redelivery comes (SQS delivered the
+    /// message twice and the other copy was deleted). Found by the simulation's soak.
+    unchecked: Mutex<Vec<String>>,
 }
 
 /// Deliberately broken variants of the engine (TigerBeetle's "the harness bites"): the
@@ -449,6 +454,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             lease_calls: AtomicU64::new(0),
             breaker: Breaker::default(),
             mutation: Mutation::None,
+            unchecked: Mutex::new(Vec::new()),
         }
     }
 
@@ -600,6 +606,33 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 outcomes[i] = Outcome::Held(Hold::Failed(format!("wakeup check of context {context_id}: {err}")));
             }
         }
+        self.check_later(context_id);
+    }
+
+    fn check_later(&self, context_id: &str) {
+        let mut unchecked = self.unchecked.lock().unwrap_or_else(|p| p.into_inner());
+        if !unchecked.iter().any(|c| c == context_id) {
+            unchecked.push(context_id.to_string());
+        }
+    }
+
+    /// Runs the lost-wakeup checks that failed earlier in this process (see `unchecked`).
+    async fn recheck<H: Handler, D: DeadLetterSink>(&self, handler: &H, dlq: &D, deadline: Option<Millis>) {
+        if self.mutation == Mutation::NoStrandingRepair {
+            return;
+        }
+        let contexts = std::mem::take(&mut *self.unchecked.lock().unwrap_or_else(|p| p.into_inner()));
+        for context_id in contexts {
+            let checked = match self.woken(&context_id, self.clock.now()).await {
+                Ok(true) => self.drain(&context_id, handler, dlq, deadline, true).await,
+                Ok(false) => Ok(()),
+                Err(err) => Err(err.to_string()),
+            };
+            if let Err(err) = checked {
+                tracing::warn!(context_id = %context_id, error = %err, "lost-wakeup check failed again; the next sweep tries again");
+                self.check_later(&context_id);
+            }
+        }
     }
 
     /// Fires the timers no new message would fire: gap timeouts, handler retries that are
@@ -623,6 +656,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         limit: usize,
         deadline: Option<Millis>,
     ) -> Result<usize, StoreError> {
+        self.recheck(handler, dlq, deadline).await;
         let now = self.clock.now();
         let query = DueQuery { now, limit };
         let due = self.store.due(&query).await?;
@@ -649,6 +683,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             };
             if let Some(err) = lost {
                 bump(&self.counters.wakeups_failed);
+                self.check_later(context_id);
                 tracing::warn!(
                     context_id = context_id.as_str(),
                     error = err,
@@ -1564,6 +1599,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                         }
                     }
                     Ok(StageOutcome::Conflict) => {
+                        // A copy of a staged position, as `AlreadyStaged` is.
+                        work.saw_copy = true;
                         bump(&self.counters.conflicts);
                         let detail = format!(
                             "context {} position {} was already staged with a different body; the first copy wins",
@@ -1619,7 +1656,15 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                     }
                 }
                 Ok(CommitOutcome::VersionMismatch) => {
-                    for &i in &work.released {
+                    // What it released is not recorded, so neither is what it judged a
+                    // duplicate of those releases (found by the simulation's soak).
+                    let duplicates = work
+                        .indices
+                        .iter()
+                        .copied()
+                        .filter(|&i| outcomes[i] == Outcome::Duplicate);
+                    let unsettled: Vec<usize> = work.released.iter().copied().chain(duplicates).collect();
+                    for i in unsettled {
                         outcomes[i] = Outcome::Held(Hold::Busy);
                     }
                 }

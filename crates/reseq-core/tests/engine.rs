@@ -1012,3 +1012,29 @@ async fn a_duplicate_of_a_copy_that_could_not_be_staged_is_not_settled() {
         "neither copy may be deleted: {outcomes:?}"
     );
 }
+
+#[tokio::test]
+async fn a_commit_that_loses_a_race_settles_no_duplicate_of_what_it_released() {
+    // Found by the simulation's soak: the second copy of 1 was acknowledged as a duplicate
+    // of a release whose commit then lost its race.
+    let engine = Engine::new(RacedStore(MemoryStore::new()), ManualClock::new(Millis(0)), cfg());
+    let (handler, dlq) = (RecordingHandler::new(), RecordingDlq::new());
+    let batch = vec![Envelope::new("a", 1, "x"), Envelope::new("a", 1, "x")];
+    let out = engine.process(batch, &handler, &dlq).await;
+    assert_eq!(out, vec![Outcome::Held(Hold::Busy), Outcome::Held(Hold::Busy)]);
+}
+
+#[tokio::test]
+async fn a_failed_lost_wakeup_check_is_run_again_by_the_next_sweep_even_with_no_redelivery() {
+    // Found by the simulation's soak: SQS delivered the message twice, the other copy was
+    // deleted, so the redelivery that the given-back batch counted on never came.
+    let rig = Rig::new(leased());
+    stranded_at_the_cursor(rig.engine.store(), "a").await;
+    rig.engine.store().arm_fault(Op::Load, 1);
+    let outcomes = rig.send(vec![rig.msg("a", 2)]).await;
+    assert!(rig.engine.store().disarm_fault());
+    assert!(!outcomes[0].is_settled());
+    assert!(rig.handler.seqs("a").is_empty());
+    rig.sweep().await;
+    assert_eq!(rig.handler.seqs("a"), vec![1, 2], "the sweep checked again and drained");
+}

@@ -410,7 +410,21 @@ async fn receive_loop(
         let verdicts = w.processor.process(raws, deadline).await;
         let now = w.clock.now();
         for (received, verdict) in batch.iter().zip(&verdicts) {
-            shared.event(format!("{} {}: {verdict:?}", w.name, received.raw.message_id));
+            let attr = |n: &str| {
+                received
+                    .raw
+                    .attributes
+                    .get(n)
+                    .and_then(|a| a.string.clone())
+                    .unwrap_or_default()
+            };
+            shared.event(format!(
+                "{} {} ({}:{}): {verdict:?}",
+                w.name,
+                received.raw.message_id,
+                attr("contextId"),
+                attr("sequence")
+            ));
             let mut q = queue.borrow_mut();
             match verdict {
                 v if v.deletable() => {
@@ -507,7 +521,9 @@ pub fn run(config: SimConfig) -> Result<SimReport, Box<SimFailure>> {
         SmallRng::seed_from_u64(rng.random()),
         config.store_faults,
     ));
-    let queue = Rc::new(RefCell::new(Queue::new(config.fifo, 30_000, 20)));
+    // maxReceiveCount is high: workers here die every few seconds, and a valid message
+    // received that often while its workers die is redriven by SQS too (ARCHITECTURE.md).
+    let queue = Rc::new(RefCell::new(Queue::new(config.fifo, 30_000, 100)));
 
     // The workload: every position of every context, some sent twice, a few conflicting
     // copies, a few invalid messages, a few poison positions; shuffled.
