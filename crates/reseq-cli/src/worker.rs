@@ -72,6 +72,9 @@ pub fn main(args: WorkerArgs) -> Result<ExitCode> {
 }
 
 async fn run(args: WorkerArgs) -> Result<ExitCode> {
+    // Listen before anything else: a SIGTERM during start-up (ECS stopping a task that is
+    // still connecting) then stops the worker cleanly instead of killing it.
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let owner = lease_owner("worker");
     let sqs = sqs_client().await;
     // One GetQueueAttributes: the queue exists and can be read, its visibility timeout and
@@ -139,7 +142,7 @@ async fn run(args: WorkerArgs) -> Result<ExitCode> {
     };
     let worker = Worker::new(sqs, processor, config, queue);
     let started = Instant::now();
-    let report = worker.run(shutdown_signal()).await?;
+    let report = worker.run(shutdown_signal(terminate)).await?;
     let seconds = started.elapsed().as_secs_f64();
     let processor = worker.processor();
     let stats = processor.engine().stats();
@@ -194,13 +197,13 @@ fn one_line(text: &str) -> String {
 }
 
 /// SIGTERM (ECS stopping a task) or Ctrl-C: stop receiving, finish what is in flight.
-async fn shutdown_signal() {
+async fn shutdown_signal(terminate: Option<tokio::signal::unix::Signal>) {
     let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
+        match terminate {
+            Some(mut signal) => {
                 signal.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
         }
     };
     tokio::select! {
