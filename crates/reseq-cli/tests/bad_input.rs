@@ -196,7 +196,7 @@ async fn worker_dead_letters_every_reason_and_releases_the_rest() {
         return;
     }
     let setup = Setup::new("bad", 5).await;
-    let (url, accepted) = http_target();
+    let (url, accepted) = http_target(Duration::ZERO);
     let args = [
         "--invalid",
         "dlq",
@@ -344,12 +344,7 @@ async fn worker_dead_letters_every_reason_and_releases_the_rest() {
         .map(|m| (m.attributes[0].2.clone(), m.attributes[1].2.parse().unwrap()))
         .collect();
     want.sort();
-    let mut got: Vec<(String, u64)> = accepted
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(c, s, _)| (c.clone(), *s))
-        .collect();
+    let mut got: Vec<(String, u64)> = accepted.lock().unwrap().iter().map(|(c, s)| (c.clone(), *s)).collect();
     got.sort();
     if got != want {
         failures.push(format!("released {got:?}, want {want:?}"));

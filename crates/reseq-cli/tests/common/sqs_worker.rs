@@ -1,14 +1,16 @@
-//! Running `reseq worker` against the local stand-ins, for `bad_input.rs`: a table and
-//! FIFO queues of the test's own (made by `reseq init`), sending messages (with their
-//! SQS message ids back), reading a queue dry, and a tiny HTTP output that answers 400 to
-//! a body containing `poison` (a permanent handler failure).
+//! Running `reseq worker` against the local stand-ins, for `worker.rs` and `bad_input.rs`:
+//! a table and FIFO queues of the test's own (made by `reseq init`), sending messages
+//! (with their SQS message ids back), reading a queue dry, running workers and reading
+//! their summary, and a tiny HTTP output that answers 400 to a body containing `poison`
+//! (a permanent handler failure).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
@@ -52,6 +54,23 @@ impl Setup {
         }
     }
 
+    /// A standard (not FIFO) queue of this test.
+    pub async fn standard_queue(&self, suffix: &str) -> String {
+        let created = self
+            .sqs
+            .create_queue()
+            .queue_name(format!("{}-{suffix}", self.name))
+            .send()
+            .await
+            .expect("create a standard queue");
+        created.queue_url.expect("queue url")
+    }
+
+    /// `reseq worker` on `queue` to the output queue, with quick test timings, plus `extra`.
+    pub fn worker(&self, queue: &str, extra: &[&str]) -> Command {
+        self.worker_to(queue, &format!("sqs:{}", self.output), extra)
+    }
+
     /// `reseq worker` on `queue` to `output`, with quick test timings, plus `extra`.
     pub fn worker_to(&self, queue: &str, output: &str, extra: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_reseq"));
@@ -61,6 +80,12 @@ impl Setup {
             .args(extra)
             .env("RUST_LOG", "warn");
         cmd
+    }
+
+    pub async fn store(&self) -> reseq_dynamodb::DynamoStore {
+        reseq_dynamodb::connect(&self.name, reseq_dynamodb::DynamoConfig::default())
+            .await
+            .expect("connect to the test table")
     }
 }
 
@@ -120,7 +145,7 @@ pub async fn send(sqs: &Client, queue: &str, messages: &[Msg]) -> Vec<String> {
                 if fifo {
                     entry = entry
                         .message_group_id(&m.group)
-                        .message_deduplication_id(format!("bad-{}", SENDS.fetch_add(1, Relaxed)));
+                        .message_deduplication_id(format!("m-{}", SENDS.fetch_add(1, Relaxed)));
                 }
                 entry.build().unwrap()
             })
@@ -149,6 +174,24 @@ pub async fn send(sqs: &Client, queue: &str, messages: &[Msg]) -> Vec<String> {
 pub struct Got {
     pub body: String,
     pub attributes: HashMap<String, String>,
+}
+
+impl Got {
+    pub fn context(&self) -> &str {
+        &self.attributes["contextId"]
+    }
+    pub fn seq(&self) -> u64 {
+        self.attributes["sequence"].parse().unwrap()
+    }
+}
+
+/// Per context, the positions in the order the output received them.
+pub fn by_context(got: &[Got]) -> BTreeMap<String, Vec<u64>> {
+    let mut map: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for g in got {
+        map.entry(g.context().to_string()).or_default().push(g.seq());
+    }
+    map
 }
 
 /// Reads and deletes everything on `queue` until three receives in a row come back empty.
@@ -194,12 +237,12 @@ pub async fn drain(sqs: &Client, queue: &str) -> Vec<Got> {
     got
 }
 
-/// What the HTTP output accepted: (context id, position, body), in arrival order.
-pub type Accepted = Arc<Mutex<Vec<(String, u64, String)>>>;
+/// What the HTTP output accepted: (context id, position), in arrival order.
+pub type Accepted = Arc<Mutex<Vec<(String, u64)>>>;
 
-/// An `http://` output on loopback: 200 for every body, except 400 for a body containing
-/// `poison`.
-pub fn http_target() -> (String, Accepted) {
+/// An `http://` output on loopback that answers each request after `delay`: 200, except
+/// 400 for a body containing `poison`.
+pub fn http_target(delay: Duration) -> (String, Accepted) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/events", listener.local_addr().unwrap());
     let accepted: Accepted = Arc::new(Mutex::new(Vec::new()));
@@ -223,13 +266,13 @@ pub fn http_target() -> (String, Accepted) {
             let length: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
             let mut body = vec![0; length];
             let _ = reader.read_exact(&mut body);
-            let body = String::from_utf8_lossy(&body).into_owned();
-            let poison = body.contains("poison");
+            std::thread::sleep(delay);
+            let poison = String::from_utf8_lossy(&body).contains("poison");
             let status = if poison { "400 Bad Request" } else { "200 OK" };
             if !poison {
                 let context = headers.get("reseq-context-id").cloned().unwrap_or_default();
                 let seq = headers.get("reseq-sequence").and_then(|v| v.parse().ok()).unwrap_or(0);
-                record.lock().unwrap().push((context, seq, body));
+                record.lock().unwrap().push((context, seq));
             }
             let _ = write!(
                 stream,
@@ -240,18 +283,34 @@ pub fn http_target() -> (String, Accepted) {
     (url, accepted)
 }
 
-/// Runs the worker to its end; returns (stdout, stderr); fails the test if it fails.
-pub fn run_worker(mut cmd: Command) -> (String, String) {
-    let out = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the worker")
-        .wait_with_output()
-        .expect("wait for the worker");
+/// Waits for a worker started with piped output; returns (stdout, stderr); fails the
+/// test if it failed or panicked.
+pub fn finish(child: Child) -> (String, String) {
+    let out: Output = child.wait_with_output().expect("wait for the worker");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "worker failed: {stderr}");
     assert!(!stderr.contains("panicked"), "the worker panicked: {stderr}");
     (stdout, stderr)
+}
+
+/// Runs the worker to its end; returns (stdout, stderr).
+pub fn run_worker(mut cmd: Command) -> (String, String) {
+    finish(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the worker"),
+    )
+}
+
+/// A number from the worker's summary line: `… 17 released, …`.
+pub fn summary_count(stderr: &str, what: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("reseq worker: stopped"))
+        .unwrap_or_else(|| panic!("no summary in {stderr}"));
+    line.split([':', ',', ';'])
+        .find_map(|part| part.trim().strip_suffix(what).and_then(|n| n.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no '{what}' in {line}"))
 }
