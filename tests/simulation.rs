@@ -18,7 +18,10 @@ use reseq_system_tests::sim::{SimConfig, SimReport, run, summary};
 ///   (now: the next sweep of that process checks again).
 /// - 1796174002721, 1796174003718, 1796174013096 (soak): a duplicate of a release whose
 ///   commit lost its version race was acknowledged (now: held with the release).
-const REGRESSION_SEEDS: [u64; 7] = [
+/// - 1796180026977 (soak): a worker died between a successful lost-wakeup check and its
+///   drain while SQS's other delivery of its message had been deleted: nothing came back
+///   (now: a context with messages waiting is swept at least every 15 minutes).
+const REGRESSION_SEEDS: [u64; 8] = [
     69,
     77,
     100,
@@ -26,6 +29,7 @@ const REGRESSION_SEEDS: [u64; 7] = [
     1_796_174_002_721,
     1_796_174_003_718,
     1_796_174_013_096,
+    1_796_180_026_977,
 ];
 
 fn seeds_per_half() -> u64 {

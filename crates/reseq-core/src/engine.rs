@@ -212,6 +212,9 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Relaxed);
 }
 
+/// A context with messages waiting is swept at least this often (see `due_at`).
+pub const WAITING_RECHECK: Duration = Duration::from_millis(15 * 60 * 1000);
+
 /// How many positions the first store read of a context covers; each further read of the
 /// same context in a batch covers four times more, up to `PAGE`.
 const FIRST_PAGE: usize = 16;
@@ -1182,6 +1185,14 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         if let Some(retry) = state.retry.as_ref().filter(|_| state.blocked.is_none()) {
             due = due.min(retry.not_before);
         }
+        if state.waiting_since.is_some() && state.blocked.is_none() {
+            // The last net under the lost-wakeup protocol: a context with messages waiting
+            // is looked at again at least this often, so that no path that lost its check
+            // (a worker dying between the check and the drain while SQS's other delivery
+            // of its message was deleted: found by the simulation's soak) strands it until
+            // the retention. Costs one state write per interval, only while a context waits.
+            due = due.min(state.updated_at.plus(WAITING_RECHECK));
+        }
         if let Some(since) = state.waiting_since {
             // Expired messages the DLQ did not take come back when their retry is due.
             let expiry = since.plus(retention);
@@ -1649,7 +1660,18 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 state: if work.forget { None } else { Some(work.state.clone()) },
                 remove_staged: std::mem::take(&mut work.remove_staged),
             };
-            match self.store.commit(&work.context_id, &commit).await {
+            let committed = self.store.commit(&work.context_id, &commit).await;
+            tracing::debug!(
+                context_id = %work.context_id,
+                holder = %work.lease_holder,
+                expected = work.loaded_version,
+                next = work.state.next,
+                leased = work.leased,
+                due_at = work.state.due_at.map(|d| d.0),
+                outcome = ?committed,
+                "commit"
+            );
+            match committed {
                 Ok(CommitOutcome::Committed) => {
                     if commit.state.is_none() {
                         bump(&self.counters.contexts_forgotten);
@@ -1703,7 +1725,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         if !check {
             return Finished::Done;
         }
-        match self.woken(&work.context_id, now).await {
+        let woken = self.woken(&work.context_id, now).await;
+        tracing::debug!(context_id = %work.context_id, holder = %work.lease_holder, result = ?woken, "lost-wakeup check");
+        match woken {
             Ok(true) => Finished::Wake,
             Ok(false) => Finished::Done,
             Err(err) => Finished::Unchecked(err.to_string()),

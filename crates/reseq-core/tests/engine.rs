@@ -1038,3 +1038,18 @@ async fn a_failed_lost_wakeup_check_is_run_again_by_the_next_sweep_even_with_no_
     rig.sweep().await;
     assert_eq!(rig.handler.seqs("a"), vec![1, 2], "the sweep checked again and drained");
 }
+
+#[tokio::test]
+async fn a_context_with_messages_waiting_is_swept_at_least_every_fifteen_minutes() {
+    // Found by the simulation's soak: the last net when every lost-wakeup repair missed.
+    let rig = Rig::new(leased());
+    assert_eq!(rig.one("a", 2).await, Outcome::Staged);
+    // Position 1 lands at the cursor behind the engine's back, as a stager whose check
+    // was lost would leave it.
+    stranded_at_the_cursor(rig.engine.store(), "a").await;
+    let due = rig.state("a").await.due_at.expect("due");
+    assert!(due <= reseq_core::Clock::now(&*rig.clock).plus(reseq_core::engine::WAITING_RECHECK));
+    rig.clock.advance(reseq_core::engine::WAITING_RECHECK);
+    rig.sweep().await;
+    assert_eq!(rig.handler.seqs("a"), vec![1, 2]);
+}

@@ -15,6 +15,13 @@ use reseq_core::engine::Mutation;
 use reseq_system_tests::sim::{SimConfig, run, summary};
 
 fn main() -> ExitCode {
+    if std::env::var_os("RESEQ_SIM_LOG").is_some() {
+        // The engine's decision logs, for reading a failing seed's story.
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |flag: &str| {
         args.iter()
