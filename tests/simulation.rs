@@ -21,7 +21,10 @@ use reseq_system_tests::sim::{SimConfig, SimReport, run, summary};
 /// - 1796180026977 (soak): a worker died between a successful lost-wakeup check and its
 ///   drain while SQS's other delivery of its message had been deleted: nothing came back
 ///   (now: a context with messages waiting is swept at least every 15 minutes).
-const REGRESSION_SEEDS: [u64; 8] = [
+/// - 1796190009688 (soak): a slow lease write let a release start after the release
+///   budget, so two workers released one context at once (now: the deadline is checked
+///   again once the lease is taken).
+const REGRESSION_SEEDS: [u64; 9] = [
     69,
     77,
     100,
@@ -30,6 +33,7 @@ const REGRESSION_SEEDS: [u64; 8] = [
     1_796_174_003_718,
     1_796_174_013_096,
     1_796_180_026_977,
+    1_796_190_009_688,
 ];
 
 fn seeds_per_half() -> u64 {

@@ -1233,6 +1233,14 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             self.keep_waiting(work, msg, source, outcomes);
             return Ok(Step::Stall);
         }
+        if work.deadline.is_some_and(|deadline| self.clock.now() >= deadline) {
+            // Taking the lease took long (a slow store): the release would start too late
+            // into the lease to end within it (found by the simulation's soak).
+            work.cut = true;
+            work.dirty = true;
+            self.keep_waiting(work, msg, source, outcomes);
+            return Ok(Step::Stall);
+        }
         let failures = work
             .state
             .retry

@@ -1053,3 +1053,28 @@ async fn a_context_with_messages_waiting_is_swept_at_least_every_fifteen_minutes
     rig.sweep().await;
     assert_eq!(rig.handler.seqs("a"), vec![1, 2]);
 }
+
+/// A clock that moves a second each time it is read: every store request "takes" time.
+struct Ticking(ManualClock);
+impl reseq_core::Clock for Ticking {
+    fn now(&self) -> Millis {
+        let now = self.0.now();
+        self.0.advance(Duration::from_secs(1));
+        now
+    }
+}
+
+#[tokio::test]
+async fn a_release_does_not_start_when_taking_the_lease_ran_past_the_deadline() {
+    // Found by the simulation's soak (seed 1796190009688): a slow lease write let a release
+    // start after the budget, and outlive the lease.
+    let start = Millis(1_000_000);
+    let engine = Engine::new(MemoryStore::new(), Ticking(ManualClock::new(start)), leased());
+    let (handler, dlq) = (RecordingHandler::new(), RecordingDlq::new());
+    let deadline = Some(start.plus(Duration::from_secs(2)));
+    let out = engine
+        .process_until(vec![Envelope::new("a", 1, "x")], &handler, &dlq, deadline)
+        .await;
+    assert_eq!(out, vec![Outcome::Staged], "cut after the lease was taken");
+    assert!(handler.seqs("a").is_empty());
+}
