@@ -81,9 +81,11 @@ fn a_seed_replays_exactly() {
     }
 }
 
-/// The first seed below `within` that catches `mutation`, if any.
+/// The first seed below `within` that catches `mutation`, if any: a failed run, or a
+/// run that only the engine's 15-minute net drained (a lost wakeup: with the check
+/// removed the net hides the strandings, so the harness looks for its use).
 fn caught(mutation: Mutation, within: u64) -> Option<u64> {
-    (0..within).find(|seed| run(SimConfig::from_seed(*seed, mutation)).is_err())
+    (0..within).find(|seed| !run(SimConfig::from_seed(*seed, mutation)).is_ok_and(|r| !r.needed_the_net()))
 }
 
 #[test]
