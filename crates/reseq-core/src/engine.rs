@@ -115,6 +115,39 @@ impl Default for EngineConfig {
     }
 }
 
+/// The batch's messages whose outcome holds only if the context's commit does: what it
+/// released, what still waits unwritten in `pending`, and what it judged a duplicate (of
+/// those releases, or of an unwritten copy: found by the simulation). When the commit
+/// fails or loses its version race, none of them may be acknowledged.
+fn unrecorded(work: &Work, outcomes: &[Outcome]) -> Vec<usize> {
+    let unwritten = work.pending.values().map(|p| p.index);
+    let duplicates = work
+        .indices
+        .iter()
+        .copied()
+        .filter(|&i| outcomes[i] == Outcome::Duplicate);
+    work.released
+        .iter()
+        .copied()
+        .chain(unwritten)
+        .chain(duplicates)
+        .collect()
+}
+
+/// A retry of `seq` that counts no attempt (the target, or the DLQ, is out): it backs off
+/// on its own count of such retries, kept across them.
+fn uncounted_retry(work: &Work, seq: u64, attempts: u32, now: Millis, last_error: String) -> RetryState {
+    let previous = work.state.retry.as_ref().filter(|r| r.seq == seq);
+    let outage_retries = previous.map_or(0, |r| r.outage_retries) + 1;
+    RetryState {
+        seq,
+        attempts,
+        not_before: now.plus(retry_backoff(outage_retries)),
+        last_error,
+        outage_retries,
+    }
+}
+
 /// Retry delay after the `failures`-th failure: 1 s, doubling, capped at 60 s (SPEC §3).
 pub fn retry_backoff(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(6);
@@ -1304,35 +1337,21 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             Err(HandlerError::Retryable(e)) if self.breaker.failed(&work.context_id) => {
                 // An outage of the target, not poison: back off, count no attempt.
                 bump(&self.counters.outage_retries);
-                let previous = work.state.retry.as_ref().filter(|r| r.seq == msg.seq);
-                let outage_retries = previous.map_or(0, |r| r.outage_retries) + 1;
-                let not_before = now.plus(retry_backoff(outage_retries));
-                tracing::warn!(context_id = %work.context_id, seq = msg.seq, error = %e, retry_at = not_before.0, "the target is out: retrying later, no attempt counted");
-                work.state.retry = Some(RetryState {
-                    seq: msg.seq,
-                    attempts: failures,
-                    not_before,
-                    last_error: e,
-                    outage_retries,
-                });
-                work.dirty = true;
-                self.keep_waiting(work, msg, source, outcomes);
-                return Ok(Step::Stall);
+                let retry = uncounted_retry(work, msg.seq, failures, now, e);
+                tracing::warn!(context_id = %work.context_id, seq = msg.seq, error = %retry.last_error, retry_at = retry.not_before.0, "the target is out: retrying later, no attempt counted");
+                return Ok(self.retry_later(work, msg, source, retry, outcomes));
             }
             Err(HandlerError::Retryable(e)) if failures + 1 < self.config.max_attempts => {
                 bump(&self.counters.handler_retries);
-                let not_before = now.plus(retry_backoff(failures + 1));
-                tracing::info!(context_id = %work.context_id, seq = msg.seq, attempt = failures + 1, error = %e, retry_at = not_before.0, "handler failed: retrying");
-                work.state.retry = Some(RetryState {
+                let retry = RetryState {
                     seq: msg.seq,
                     attempts: failures + 1,
-                    not_before,
+                    not_before: now.plus(retry_backoff(failures + 1)),
                     last_error: e,
                     outage_retries: 0,
-                });
-                work.dirty = true;
-                self.keep_waiting(work, msg, source, outcomes);
-                return Ok(Step::Stall);
+                };
+                tracing::info!(context_id = %work.context_id, seq = msg.seq, attempt = retry.attempts, error = %retry.last_error, retry_at = retry.not_before.0, "handler failed: retrying");
+                return Ok(self.retry_later(work, msg, source, retry, outcomes));
             }
             Err(HandlerError::Retryable(e) | HandlerError::Permanent(e)) => e,
         };
@@ -1350,20 +1369,10 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             }
             // The DLQ is out: that is no reason to block a context whose operator chose
             // skip. Try again later (found by the simulation: a DLQ hiccup blocked for good).
-            let previous = work.state.retry.as_ref().filter(|r| r.seq == msg.seq);
-            let outage_retries = previous.map_or(0, |r| r.outage_retries) + 1;
-            let not_before = now.plus(retry_backoff(outage_retries));
-            tracing::warn!(context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, retry_at = not_before.0, "poison message could not be dead-lettered: trying again later");
-            work.state.retry = Some(RetryState {
-                seq: msg.seq,
-                attempts: failures,
-                not_before,
-                last_error: format!("{error}; and the DLQ refused it: {outcome:?}"),
-                outage_retries,
-            });
-            work.dirty = true;
-            self.keep_waiting(work, msg, source, outcomes);
-            return Ok(Step::Stall);
+            let last_error = format!("{error}; and the DLQ refused it: {outcome:?}");
+            let retry = uncounted_retry(work, msg.seq, failures, now, last_error);
+            tracing::warn!(context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, retry_at = retry.not_before.0, "poison message could not be dead-lettered: trying again later");
+            return Ok(self.retry_later(work, msg, source, retry, outcomes));
         }
         bump(&self.counters.blocked);
         tracing::error!(
@@ -1384,6 +1393,21 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         work.dirty = true;
         self.keep_waiting(work, msg, source, outcomes);
         Ok(Step::Stall)
+    }
+
+    /// Keeps `msg` waiting until `retry.not_before`: the context stalls there.
+    fn retry_later(
+        &self,
+        work: &mut Work,
+        msg: StagedMessage,
+        source: Source,
+        retry: RetryState,
+        outcomes: &mut [Outcome],
+    ) -> Step {
+        work.state.retry = Some(retry);
+        work.dirty = true;
+        self.keep_waiting(work, msg, source, outcomes);
+        Step::Stall
     }
 
     fn move_past(&self, work: &mut Work, seq: u64) {
@@ -1686,39 +1710,16 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                     }
                 }
                 Ok(CommitOutcome::VersionMismatch) => {
-                    // What it released is not recorded, so neither is what it judged a
-                    // duplicate of those releases (found by the simulation's soak).
-                    let duplicates = work
-                        .indices
-                        .iter()
-                        .copied()
-                        .filter(|&i| outcomes[i] == Outcome::Duplicate);
-                    let unsettled: Vec<usize> = work.released.iter().copied().chain(duplicates).collect();
-                    for i in unsettled {
+                    for i in unrecorded(&work, outcomes) {
                         outcomes[i] = Outcome::Held(Hold::Busy);
                     }
                 }
                 Err(err) => work.failed = Some(err.to_string()),
             }
         }
-        if let Some(err) = work.failed {
-            // Nothing of this context was written: neither what it released nor what was
-            // still waiting in `pending` may be acknowledged.
-            let unwritten = work.pending.values().map(|p| p.index);
-            // A duplicate may be of a copy that was not written either: it comes back too.
-            let duplicates = work
-                .indices
-                .iter()
-                .copied()
-                .filter(|&i| outcomes[i] == Outcome::Duplicate);
-            let unsettled: Vec<usize> = work
-                .released
-                .iter()
-                .copied()
-                .chain(unwritten)
-                .chain(duplicates)
-                .collect();
-            for i in unsettled {
+        if let Some(err) = work.failed.take() {
+            // Nothing of this context was written.
+            for i in unrecorded(&work, outcomes) {
                 outcomes[i] = Outcome::Held(Hold::Failed(err.clone()));
             }
             return Finished::Failed(err);
