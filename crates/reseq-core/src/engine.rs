@@ -1094,8 +1094,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         let pending = std::mem::replace(&mut work.pending, SeqMap::new());
         for (seq, p) in pending.entries {
             bump(&self.counters.late);
-            tracing::warn!(context_id = %work.context_id, seq, message_id = %p.msg.message_id, final_seq, "after the final position: dead-lettered late");
             outcomes[p.index] = self.dead_letter(work, &p.msg, Reason::Late, &detail(seq), dlq).await;
+            tracing::warn!(context_id = %work.context_id, seq, message_id = %p.msg.message_id, final_seq, outcome = ?outcomes[p.index], "after the final position: late");
         }
         let mut kept = SeqMap::new();
         let mut from = next;
@@ -1108,12 +1108,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                     continue;
                 }
                 bump(&self.counters.late);
-                tracing::warn!(context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, final_seq, "waited beyond the final position: dead-lettered late");
-                if self
-                    .dead_letter(work, &msg, Reason::Late, &detail(msg.seq), dlq)
-                    .await
-                    .is_settled()
-                {
+                let outcome = self.dead_letter(work, &msg, Reason::Late, &detail(msg.seq), dlq).await;
+                tracing::warn!(context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, final_seq, ?outcome, "waited beyond the final position: late (kept staged if the DLQ refused it)");
+                if outcome.is_settled() {
                     work.remove_staged.push(msg.seq);
                     work.dirty = true;
                 } else {
