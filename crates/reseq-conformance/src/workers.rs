@@ -237,6 +237,13 @@ impl<S: StagingStore> StagingStore for FaultyStore<S> {
         self.fault(false).await?;
         self.inner.due(query).await
     }
+    async fn attention(
+        &self,
+        query: &reseq_core::AttentionQuery,
+    ) -> Result<reseq_core::AttentionList, reseq_core::StoreError> {
+        self.fault(false).await?;
+        self.inner.attention(query).await
+    }
     async fn flush(&self) -> Result<(), reseq_core::StoreError> {
         self.inner.flush().await
     }

@@ -9,7 +9,7 @@
 //! costs one state write, and a message released in the batch it arrived in is never
 //! staged at all. Outcomes tell the caller which messages it may acknowledge.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -216,7 +216,35 @@ pub struct Stats {
     /// Lost-wakeup checks or drains that failed: the context's messages were given back
     /// to the source so that a redelivery (or the sweep) looks again.
     pub wakeups_failed: u64,
+    /// `dead_lettered`, by reason.
+    pub dead_lettered_by_reason: BTreeMap<Reason, u64>,
+    /// Handler calls that failed (retryable, permanent or rejected).
+    pub handler_errors: u64,
+    /// Messages not settled, by why: `held` is their sum.
+    pub held_capacity: u64,
+    pub held_busy: u64,
+    pub held_failed: u64,
+    /// Releases that found another worker holding the context's lease (they left the
+    /// release to it).
+    pub lease_conflicts: u64,
+    /// Leases taken from a holder whose lease had run out (a worker that died or stalled).
+    pub leases_taken_over: u64,
 }
+
+/// How long released messages waited, arrival to release, since the last
+/// [`Engine::take_release_latencies`]: at most [`LATENCY_SAMPLE`] values, plus the
+/// maximum and count of all of them, so that a long drain neither grows it without bound
+/// nor hides its worst case.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReleaseLatencies {
+    pub sample_ms: Vec<u64>,
+    pub count: u64,
+    pub max_ms: u64,
+}
+
+/// How many release latencies [`ReleaseLatencies`] keeps between two reads (the most one
+/// CloudWatch Embedded Metric Format record takes per metric).
+pub const LATENCY_SAMPLE: usize = 100;
 
 #[derive(Default)]
 struct Counters {
@@ -239,6 +267,26 @@ struct Counters {
     outage_retries: AtomicU64,
     expiry_failures: AtomicU64,
     wakeups_failed: AtomicU64,
+    dead_lettered_by: [AtomicU64; Reason::ALL.len()],
+    handler_errors: AtomicU64,
+    held_capacity: AtomicU64,
+    held_busy: AtomicU64,
+    held_failed: AtomicU64,
+    lease_conflicts: AtomicU64,
+    leases_taken_over: AtomicU64,
+    latencies: Mutex<ReleaseLatencies>,
+}
+
+impl Counters {
+    fn released_after(&self, waited: Duration) {
+        bump(&self.released);
+        let mut latencies = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        latencies.count += 1;
+        latencies.max_ms = latencies.max_ms.max(waited.0);
+        if latencies.sample_ms.len() < LATENCY_SAMPLE {
+            latencies.sample_ms.push(waited.0);
+        }
+    }
 }
 
 fn bump(counter: &AtomicU64) {
@@ -536,7 +584,24 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             outage_retries: get(&c.outage_retries),
             expiry_failures: get(&c.expiry_failures),
             wakeups_failed: get(&c.wakeups_failed),
+            dead_lettered_by_reason: Reason::ALL
+                .into_iter()
+                .zip(&c.dead_lettered_by)
+                .map(|(reason, n)| (reason, get(n)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            handler_errors: get(&c.handler_errors),
+            held_capacity: get(&c.held_capacity),
+            held_busy: get(&c.held_busy),
+            held_failed: get(&c.held_failed),
+            lease_conflicts: get(&c.lease_conflicts),
+            leases_taken_over: get(&c.leases_taken_over),
         }
+    }
+
+    /// The release latencies since the last call (see [`ReleaseLatencies`]).
+    pub fn take_release_latencies(&self) -> ReleaseLatencies {
+        std::mem::take(&mut *self.counters.latencies.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Processes a batch in arrival order and returns one outcome per message, in the
@@ -617,8 +682,13 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             }
         }
         for outcome in &outcomes {
-            if !outcome.is_settled() {
+            if let Outcome::Held(hold) = outcome {
                 bump(&self.counters.held);
+                bump(match hold {
+                    Hold::Capacity => &self.counters.held_capacity,
+                    Hold::Busy => &self.counters.held_busy,
+                    Hold::Failed(_) => &self.counters.held_failed,
+                });
             }
         }
         outcomes
@@ -797,6 +867,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             let detail = format!("context {} closed at its final position {final_seq}", work.context_id);
             let msg = StagedMessage::from_envelope(env);
             bump(&self.counters.late);
+            tracing::warn!(decision = "late", context_id = %work.context_id, seq, message_id = %msg.message_id, final_seq, "after the final position: late");
             outcomes[index] = self.dead_letter(work, &msg, Reason::Late, &detail, dlq).await;
             return Ok(());
         }
@@ -894,6 +965,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             return Outcome::Duplicate;
         }
         bump(&self.counters.conflicts);
+        tracing::warn!(decision = "conflict", context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, "a copy with a different body: the first copy wins, this one is dead-lettered");
         let detail = format!(
             "context {} position {} arrived again with a different body; the first copy wins",
             work.context_id, msg.seq
@@ -904,6 +976,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     async fn late<H: Handler, D: DeadLetterSink>(&self, work: &Work, env: Envelope, handler: &H, dlq: &D) -> Outcome {
         bump(&self.counters.late);
         let msg = StagedMessage::from_envelope(env);
+        tracing::warn!(decision = "late", context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, policy = ?self.config.late, "its position was skipped: late");
         match self.config.late {
             LatePolicy::Drop => Outcome::Dropped,
             LatePolicy::DeadLetter => {
@@ -924,9 +997,13 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                     late: true,
                     attempt: 1,
                 };
-                match handler.handle(&release).await {
+                let result = handler.handle(&release).await;
+                if result.is_err() {
+                    bump(&self.counters.handler_errors);
+                }
+                match result {
                     Ok(()) => {
-                        bump(&self.counters.released);
+                        self.counters.released_after(self.clock.now().since(msg.received_at));
                         Outcome::Released
                     }
                     Err(HandlerError::Retryable(e)) => Outcome::Held(Hold::Failed(format!("handler: {e}"))),
@@ -959,9 +1036,30 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         match dlq.dead_letter(&letter).await {
             Ok(()) => {
                 bump(&self.counters.dead_lettered);
+                bump(&self.counters.dead_lettered_by[reason as usize]);
+                tracing::warn!(
+                    decision = "dead-lettered",
+                    context_id = %work.context_id,
+                    seq = msg.seq,
+                    message_id = %msg.message_id,
+                    reason = %reason,
+                    detail,
+                    "dead-lettered"
+                );
                 Outcome::DeadLettered(reason)
             }
-            Err(e) => Outcome::Held(Hold::Failed(e.to_string())),
+            Err(e) => {
+                tracing::warn!(
+                    decision = "dead-letter-failed",
+                    context_id = %work.context_id,
+                    seq = msg.seq,
+                    message_id = %msg.message_id,
+                    reason = %reason,
+                    error = %e,
+                    "the DLQ did not take the message: it is kept and tried again"
+                );
+                Outcome::Held(Hold::Failed(e.to_string()))
+            }
         }
     }
 
@@ -991,6 +1089,16 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 .is_some_and(|l| l.owner != work.lease_holder && now < l.until)
             {
                 break;
+            }
+            if let Some(stale) = work.state.lease.as_ref().filter(|l| l.owner != work.lease_holder) {
+                bump(&self.counters.leases_taken_over);
+                tracing::warn!(
+                    decision = "lease-taken-over",
+                    context_id = %work.context_id,
+                    previous_owner = %stale.owner,
+                    expired_at = stale.until.0,
+                    "the context's lease ran out under its holder (a worker died or stalled): taking it over"
+                );
             }
             let mut state = work.state.clone();
             state.lease = Some(Lease {
@@ -1028,6 +1136,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 }
             }
         }
+        bump(&self.counters.lease_conflicts);
         work.busy = true;
         Ok(false)
     }
@@ -1095,7 +1204,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         for (seq, p) in pending.entries {
             bump(&self.counters.late);
             outcomes[p.index] = self.dead_letter(work, &p.msg, Reason::Late, &detail(seq), dlq).await;
-            tracing::warn!(context_id = %work.context_id, seq, message_id = %p.msg.message_id, final_seq, outcome = ?outcomes[p.index], "after the final position: late");
+            tracing::warn!(decision = "late", context_id = %work.context_id, seq, message_id = %p.msg.message_id, final_seq, outcome = ?outcomes[p.index], "after the final position: late");
         }
         let mut kept = SeqMap::new();
         let mut from = next;
@@ -1109,7 +1218,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 }
                 bump(&self.counters.late);
                 let outcome = self.dead_letter(work, &msg, Reason::Late, &detail(msg.seq), dlq).await;
-                tracing::warn!(context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, final_seq, ?outcome, "waited beyond the final position: late (kept staged if the DLQ refused it)");
+                tracing::warn!(decision = "late", context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, final_seq, ?outcome, "waited beyond the final position: late (kept staged if the DLQ refused it)");
                 if outcome.is_settled() {
                     work.remove_staged.push(msg.seq);
                     work.dirty = true;
@@ -1148,6 +1257,14 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         work.state.record_skip(next, lowest - 1);
         work.state.next = lowest;
         work.dirty = true;
+        tracing::warn!(
+            decision = "gap-skipped",
+            context_id = %work.context_id,
+            first = next,
+            last = lowest - 1,
+            timeout = %self.config.gap_timeout.unwrap_or_default(),
+            "the gap outlasted --gap-timeout: its positions are skipped, the run after it is released"
+        );
         bump(&self.counters.gaps_skipped);
         self.counters.positions_skipped.fetch_add(lowest - next, Relaxed);
         Ok(true)
@@ -1300,10 +1417,14 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 work.loaded_version += 1;
             }
         }
-        let error = match handler.handle(&release).await {
+        let result = handler.handle(&release).await;
+        if result.is_err() {
+            bump(&self.counters.handler_errors);
+        }
+        let error = match result {
             Ok(()) => {
                 self.breaker.succeeded();
-                bump(&self.counters.released);
+                self.counters.released_after(self.clock.now().since(msg.received_at));
                 self.move_past(work, msg.seq);
                 work.state.last_released = Some(msg.seq);
                 if msg.is_final {
@@ -1335,7 +1456,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 // An outage of the target, not poison: back off, count no attempt.
                 bump(&self.counters.outage_retries);
                 let retry = uncounted_retry(work, msg.seq, failures, now, e);
-                tracing::warn!(context_id = %work.context_id, seq = msg.seq, error = %retry.last_error, retry_at = retry.not_before.0, "the target is out: retrying later, no attempt counted");
+                tracing::warn!(decision = "retried", outage = true, context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, error = %retry.last_error, retry_at = retry.not_before.0, "the target is out: retrying later, no attempt counted");
                 return Ok(self.retry_later(work, msg, source, retry, outcomes));
             }
             Err(HandlerError::Retryable(e)) if failures + 1 < self.config.max_attempts => {
@@ -1347,7 +1468,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                     last_error: e,
                     outage_retries: 0,
                 };
-                tracing::info!(context_id = %work.context_id, seq = msg.seq, attempt = retry.attempts, error = %retry.last_error, retry_at = retry.not_before.0, "handler failed: retrying");
+                tracing::warn!(decision = "retried", context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, attempt = retry.attempts, error = %retry.last_error, retry_at = retry.not_before.0, "handler failed: retrying");
                 return Ok(self.retry_later(work, msg, source, retry, outcomes));
             }
             Err(HandlerError::Retryable(e) | HandlerError::Permanent(e)) => e,
@@ -1373,6 +1494,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         }
         bump(&self.counters.blocked);
         tracing::error!(
+            decision = "blocked",
             context_id = %work.context_id,
             seq = msg.seq,
             message_id = %msg.message_id,
@@ -1487,7 +1609,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                         Outcome::Held(hold) => last_error = format!("{hold:?}"),
                         _ => {
                             bump(&self.counters.expired);
-                            tracing::warn!(context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, "waited longer than the retention: dead-lettered expired");
+                            tracing::warn!(decision = "expired", context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, "waited longer than the retention: dead-lettered expired");
                             work.remove_staged.push(msg.seq);
                             work.dirty = true;
                             continue;
@@ -1646,7 +1768,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                             "context {} position {} was already staged with a different body; the first copy wins",
                             work.context_id, p.msg.seq
                         );
-                        tracing::warn!(context_id = %work.context_id, seq = p.msg.seq, message_id = %p.msg.message_id, "conflicting copy: dead-lettered");
+                        tracing::warn!(decision = "conflict", context_id = %work.context_id, seq = p.msg.seq, message_id = %p.msg.message_id, "a copy with a different body was staged first: the first copy wins, this one is dead-lettered");
                         outcomes[p.index] = self.dead_letter(&work, &p.msg, Reason::Conflict, &detail, dlq).await;
                     }
                     Err(err) => {

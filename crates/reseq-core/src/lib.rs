@@ -35,7 +35,7 @@ pub use handler::{DeadLetter, DeadLetterSink, Handler, HandlerError, Release, Si
 pub use memory::MemoryStore;
 pub use reason::Reason;
 pub use store::{
-    Commit, CommitOutcome, ContextState, DueQuery, SeqRange, StageOutcome, StagedMessage, StagingStore, StoreError,
-    Waiting,
+    Attention, AttentionList, AttentionQuery, Commit, CommitOutcome, ContextState, DueQuery, SeqRange, StageOutcome,
+    StagedMessage, StagingStore, StoreError, StoreUsage, Waiting,
 };
 pub use time::{Clock, Duration, ManualClock, Millis, SystemClock};

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use crate::store::{
-    Commit, CommitOutcome, ContextState, DueQuery, StageOutcome, StagedMessage, StagingStore, StoreError, Waiting,
+    Attention, AttentionList, AttentionQuery, Commit, CommitOutcome, ContextState, DueQuery, StageOutcome,
+    StagedMessage, StagingStore, StoreError, Waiting,
 };
 use crate::time::Millis;
 
@@ -164,6 +165,24 @@ impl StagingStore for MemoryStore {
             due.sort();
             due.into_iter().take(query.limit).map(|(_, id)| id.clone()).collect()
         }))
+    }
+
+    async fn attention(&self, query: &AttentionQuery) -> Result<AttentionList, StoreError> {
+        let mut list = self.with(|m| {
+            let mut list = AttentionList::default();
+            for (id, entry) in m.iter() {
+                match entry.state.as_ref().and_then(ContextState::attention) {
+                    Some(Attention::Blocked { since }) => list.blocked.push((id.clone(), since)),
+                    Some(Attention::Waiting { since }) if since <= query.waiting_before => {
+                        list.waiting.push((id.clone(), since))
+                    }
+                    _ => {}
+                }
+            }
+            list
+        });
+        list = AttentionList::merge(vec![list], query);
+        Ok(list)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
     InvalidJson,
@@ -30,6 +30,24 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (the index of each is `reason as usize`).
+    pub const ALL: [Reason; 14] = [
+        Reason::InvalidJson,
+        Reason::MissingContextId,
+        Reason::InvalidContextId,
+        Reason::MissingSequence,
+        Reason::InvalidSequence,
+        Reason::MissingType,
+        Reason::UnknownType,
+        Reason::TooLarge,
+        Reason::Conflict,
+        Reason::Late,
+        Reason::Expired,
+        Reason::HandlerFailed,
+        Reason::MaxStaged,
+        Reason::Unreleased,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Reason::InvalidJson => "invalid-json",
@@ -56,9 +74,28 @@ impl fmt::Display for Reason {
     }
 }
 
+impl std::str::FromStr for Reason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+            format!("{s:?} is not a reason: use one of {}", names.join(", "))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_reason_at_its_index_and_parses_back() {
+        for (i, r) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i);
+            assert_eq!(r.as_str().parse::<Reason>(), Ok(r));
+        }
+        assert!("nope".parse::<Reason>().unwrap_err().contains("late"));
+    }
 
     #[test]
     fn serde_names_are_the_spec_names() {

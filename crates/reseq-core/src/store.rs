@@ -130,6 +130,15 @@ impl ContextState {
         }
     }
 
+    /// Why this context needs an operator's eye, if it does: what stores index for
+    /// [`StagingStore::attention`].
+    pub fn attention(&self) -> Option<Attention> {
+        if let Some(blocked) = &self.blocked {
+            return Some(Attention::Blocked { since: blocked.since });
+        }
+        self.waiting_since.map(|since| Attention::Waiting { since })
+    }
+
     pub fn is_skipped(&self, seq: u64) -> bool {
         self.skipped.iter().any(|r| r.contains(seq))
     }
@@ -145,6 +154,99 @@ impl ContextState {
             return;
         }
         self.skipped.push(SeqRange { first, last });
+    }
+}
+
+/// Why a context needs an operator's eye. Stores index this one value per context, in a
+/// small sparse index (only such contexts are in it), so that the gauges (oldest waiting
+/// age, blocked contexts) and `reseq stuck` read a few index entries and never scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Attention {
+    /// Stopped at a poison message (`--on-poison block`) since then.
+    Blocked { since: Millis },
+    /// Messages wait for a missing position, the oldest since then.
+    Waiting { since: Millis },
+}
+
+impl Attention {
+    const BLOCKED: &'static str = "blocked#";
+    const WAITING: &'static str = "waiting#";
+
+    /// The index key: the kind, then the time zero-padded, so that keys sort by kind and
+    /// then by age (a string sort key on DynamoDB, a text column on SQLite).
+    pub fn key(self) -> String {
+        match self {
+            Attention::Blocked { since } => format!("{}{:020}", Self::BLOCKED, since.0),
+            Attention::Waiting { since } => format!("{}{:020}", Self::WAITING, since.0),
+        }
+    }
+
+    /// The key range `[from, to]` of blocked contexts.
+    pub fn blocked_range() -> (String, String) {
+        (
+            format!("{}", Self::BLOCKED),
+            format!("{}{}", Self::BLOCKED, "9".repeat(20)),
+        )
+    }
+
+    /// The key range `[from, to]` of contexts waiting since `before` or earlier.
+    pub fn waiting_range(before: Millis) -> (String, String) {
+        (Self::WAITING.to_string(), Attention::Waiting { since: before }.key())
+    }
+
+    pub fn parse(key: &str) -> Option<Attention> {
+        let time = |digits: &str| digits.parse::<u64>().ok().map(Millis);
+        if let Some(rest) = key.strip_prefix(Self::BLOCKED) {
+            return time(rest).map(|since| Attention::Blocked { since });
+        }
+        key.strip_prefix(Self::WAITING)
+            .and_then(time)
+            .map(|since| Attention::Waiting { since })
+    }
+
+    pub fn since(self) -> Millis {
+        match self {
+            Attention::Blocked { since } | Attention::Waiting { since } => since,
+        }
+    }
+}
+
+/// What [`StagingStore::attention`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionQuery {
+    /// At most this many blocked contexts, longest blocked first.
+    pub blocked_limit: usize,
+    /// Contexts whose oldest message has waited since this time or earlier...
+    pub waiting_before: Millis,
+    /// ...at most this many, oldest first.
+    pub waiting_limit: usize,
+}
+
+/// Contexts that need an operator's eye (see [`Attention`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AttentionList {
+    /// Blocked contexts and since when, longest blocked first.
+    pub blocked: Vec<(String, Millis)>,
+    /// Contexts with messages waiting since `waiting_before` or earlier, oldest first (a
+    /// blocked context is listed only as blocked).
+    pub waiting: Vec<(String, Millis)>,
+}
+
+impl AttentionList {
+    /// Merges per-shard answers (DynamoDB reads one index partition per shard) into one
+    /// list, in order, within the limits.
+    pub fn merge(parts: Vec<AttentionList>, query: &AttentionQuery) -> AttentionList {
+        let mut all = AttentionList::default();
+        for part in parts {
+            all.blocked.extend(part.blocked);
+            all.waiting.extend(part.waiting);
+        }
+        all.blocked.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        all.waiting.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        all.blocked.truncate(query.blocked_limit);
+        all.waiting.truncate(query.waiting_limit);
+        all
     }
 }
 
@@ -224,6 +326,13 @@ pub struct DueQuery {
     pub limit: usize,
 }
 
+/// Read and write capacity units a store consumed (DynamoDB's billing units).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StoreUsage {
+    pub read_units: f64,
+    pub write_units: f64,
+}
+
 /// A store failure. `Unavailable` may succeed if tried again; `Fatal` will not.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -273,6 +382,16 @@ pub trait StagingStore: Send + Sync {
 
     /// Contexts whose `due_at` has come (see [`DueQuery`]), from an index, not a scan.
     fn due(&self, query: &DueQuery) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Blocked contexts and contexts waiting since a given time, from a small index over
+    /// [`ContextState::attention`], never a scan (see [`AttentionQuery`]).
+    fn attention(&self, query: &AttentionQuery) -> impl Future<Output = Result<AttentionList, StoreError>> + Send;
+
+    /// Capacity consumed since the store was made, for the metrics; zero for stores that
+    /// do not count (only DynamoDB charges by the unit).
+    fn usage(&self) -> StoreUsage {
+        StoreUsage::default()
+    }
 
     /// Makes every write so far durable.
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -329,6 +448,12 @@ impl<S: StagingStore> StagingStore for std::sync::Arc<S> {
     }
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).flush()
+    }
+    fn attention(&self, query: &AttentionQuery) -> impl Future<Output = Result<AttentionList, StoreError>> + Send {
+        (**self).attention(query)
+    }
+    fn usage(&self) -> StoreUsage {
+        (**self).usage()
     }
     fn keep_staged(
         &self,

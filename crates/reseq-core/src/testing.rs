@@ -256,6 +256,12 @@ impl<S: StagingStore> StagingStore for CountingStore<S> {
         self.enter(Op::Due)?;
         self.inner.due(query).await
     }
+    async fn attention(&self, query: &crate::store::AttentionQuery) -> Result<crate::store::AttentionList, StoreError> {
+        self.inner.attention(query).await
+    }
+    fn usage(&self) -> crate::store::StoreUsage {
+        self.inner.usage()
+    }
     async fn flush(&self) -> Result<(), StoreError> {
         self.enter(Op::Flush)?;
         self.inner.flush().await

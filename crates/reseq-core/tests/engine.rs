@@ -546,6 +546,12 @@ impl StagingStore for RacedStore {
     async fn due(&self, q: &reseq_core::DueQuery) -> Result<Vec<String>, reseq_core::StoreError> {
         self.0.due(q).await
     }
+    async fn attention(
+        &self,
+        q: &reseq_core::AttentionQuery,
+    ) -> Result<reseq_core::AttentionList, reseq_core::StoreError> {
+        self.0.attention(q).await
+    }
     async fn flush(&self) -> Result<(), reseq_core::StoreError> {
         Ok(())
     }

@@ -31,6 +31,13 @@ pub const DUE_SHARD: &str = "due_shard";
 pub const DUE_INDEX: &str = "due";
 /// How many partitions the `due` index spreads state items over.
 pub const DUE_SHARDS: u64 = 16;
+/// The global secondary index over state items of contexts that are blocked or have
+/// messages waiting (sparse: `att` is set only then). Keys only.
+pub const ATTENTION_INDEX: &str = "attention";
+/// The `attention` index's partition key: the context's `due` shard.
+pub const ATT_SHARD: &str = "att_shard";
+/// The `attention` index's sort key: `Attention::key` (kind, then zero-padded time).
+pub const ATT: &str = "att";
 
 pub(crate) const RECV: &str = "recv";
 pub(crate) const HASH: &str = "hash";
@@ -86,6 +93,13 @@ pub(crate) fn state_item(context_id: &str, state: &ContextState, json: String) -
     if let Some(due_at) = state.due_at {
         item.insert(DUE_AT.into(), n(due_at.0));
         item.insert(DUE_SHARD.into(), n(due_shard(context_id)));
+    }
+    if let Some(attention) = state.attention() {
+        // The key changes only when a context starts or stops waiting or blocking, or its
+        // oldest waiting message changes: most commits leave the index entry as it is, and
+        // an unchanged entry costs no index write.
+        item.insert(ATT.into(), AttributeValue::S(attention.key()));
+        item.insert(ATT_SHARD.into(), n(due_shard(context_id)));
     }
     item
 }

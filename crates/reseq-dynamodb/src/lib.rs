@@ -139,8 +139,8 @@ use aws_sdk_dynamodb::types::{
     ReturnValuesOnConditionCheckFailure, TransactWriteItem, WriteRequest,
 };
 use reseq_core::{
-    Commit, CommitOutcome, ContextState, DueQuery, Millis, StageOutcome, StagedMessage, StagingStore, StoreError,
-    Waiting,
+    Attention, AttentionList, AttentionQuery, Commit, CommitOutcome, ContextState, DueQuery, Millis, StageOutcome,
+    StagedMessage, StagingStore, StoreError, StoreUsage, Waiting,
 };
 
 mod codec;
@@ -149,7 +149,8 @@ mod error;
 mod table;
 
 pub use codec::{
-    COMPRESS_ABOVE_BYTES, DUE_AT, DUE_INDEX, DUE_SHARD, DUE_SHARDS, ITEM_LIMIT_BYTES, PK, SK, STATE_SK, TTL, due_shard,
+    ATT, ATT_SHARD, ATTENTION_INDEX, COMPRESS_ABOVE_BYTES, DUE_AT, DUE_INDEX, DUE_SHARD, DUE_SHARDS, ITEM_LIMIT_BYTES,
+    PK, SK, STATE_SK, TTL, due_shard,
 };
 pub use cost::Cost;
 pub use table::{Created, connect, create_table, load_client};
@@ -757,7 +758,103 @@ impl DynamoStore {
     }
 }
 
+impl DynamoStore {
+    /// Up to `limit` `(context id, attention)` of one shard of the `attention` index with
+    /// keys in `from..=to`, ascending.
+    async fn attention_shard(
+        &self,
+        shard: u64,
+        (from, to): (String, String),
+        limit: usize,
+    ) -> Result<Vec<(String, Attention)>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        while limit > 0 {
+            self.counters.sent(Request::QueryPage);
+            let page = self
+                .client
+                .query()
+                .table_name(self.table())
+                .index_name(ATTENTION_INDEX)
+                .key_condition_expression("#shard = :shard AND #att BETWEEN :from AND :to")
+                .expression_attribute_names("#shard", ATT_SHARD)
+                .expression_attribute_names("#att", ATT)
+                .expression_attribute_values(":shard", codec::n(shard))
+                .expression_attribute_values(":from", AttributeValue::S(from.clone()))
+                .expression_attribute_values(":to", AttributeValue::S(to.clone()))
+                .scan_index_forward(true)
+                .limit(i32::try_from(limit - out.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(|e| self.place.error("Query", "finding blocked and waiting contexts", &e))?;
+            self.counters.consumed(Request::QueryPage, page.consumed_capacity());
+            for item in page.items.unwrap_or_default() {
+                let (Some(AttributeValue::S(context_id)), Some(AttributeValue::S(key))) = (item.get(PK), item.get(ATT))
+                else {
+                    return Err(StoreError::Fatal(format!(
+                        "DynamoDB table {}: an item of index `{ATTENTION_INDEX}` has no string `{PK}` or `{ATT}`: the \
+                         table does not have reseq's layout",
+                        self.table()
+                    )));
+                };
+                let attention = Attention::parse(key).ok_or_else(|| {
+                    self.place
+                        .corrupt(context_id, "the state item's attention key", key.clone())
+                })?;
+                out.push((context_id.clone(), attention));
+            }
+            match page.last_evaluated_key {
+                Some(key) if out.len() < limit => start = Some(key),
+                _ => break,
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+}
+
 impl StagingStore for DynamoStore {
+    /// Two queries per shard of the `attention` index (blocked, waiting), each reading only
+    /// up to its limit: 32 small reads whatever the table holds.
+    async fn attention(&self, query: &AttentionQuery) -> Result<AttentionList, StoreError> {
+        let blocked =
+            (0..DUE_SHARDS).map(|shard| self.attention_shard(shard, Attention::blocked_range(), query.blocked_limit));
+        let waiting = (0..DUE_SHARDS).map(|shard| {
+            self.attention_shard(
+                shard,
+                Attention::waiting_range(query.waiting_before),
+                query.waiting_limit,
+            )
+        });
+        let (blocked, waiting) = futures_util::future::try_join(
+            futures_util::future::try_join_all(blocked),
+            futures_util::future::try_join_all(waiting),
+        )
+        .await?;
+        let part = |found: Vec<Vec<(String, Attention)>>| {
+            found
+                .into_iter()
+                .flatten()
+                .map(|(context_id, attention)| (context_id, attention.since()))
+                .collect()
+        };
+        let parts = vec![AttentionList {
+            blocked: part(blocked),
+            waiting: part(waiting),
+        }];
+        Ok(AttentionList::merge(parts, query))
+    }
+
+    fn usage(&self) -> StoreUsage {
+        let cost = self.cost();
+        StoreUsage {
+            read_units: cost.read_units,
+            write_units: cost.write_units,
+        }
+    }
+
     async fn load(&self, context_id: &str) -> Result<Option<ContextState>, StoreError> {
         self.counters.sent(Request::GetItem);
         let out = self

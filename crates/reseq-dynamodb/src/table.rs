@@ -8,12 +8,13 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, IndexStatus, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
+    GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use reseq_core::StoreError;
 
-use crate::codec::{DUE_AT, DUE_INDEX, DUE_SHARD, PK, SK, TTL};
+use crate::codec::{ATT, ATT_SHARD, ATTENTION_INDEX, DUE_AT, DUE_INDEX, DUE_SHARD, PK, SK, TTL};
 use crate::error::Place;
 use crate::{DynamoConfig, DynamoStore};
 
@@ -114,6 +115,7 @@ pub async fn create_table(client: &Client, table: &str) -> Result<Created, Store
         .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
         .build()
         .map_err(|e| place.bug("building CreateTable", e))?;
+    let attention = attention_index(&place)?;
     let result = client
         .create_table()
         .table_name(table)
@@ -122,9 +124,12 @@ pub async fn create_table(client: &Client, table: &str) -> Result<Created, Store
         .attribute_definitions(attr(SK, ScalarAttributeType::N)?)
         .attribute_definitions(attr(DUE_SHARD, ScalarAttributeType::N)?)
         .attribute_definitions(attr(DUE_AT, ScalarAttributeType::N)?)
+        .attribute_definitions(attr(ATT_SHARD, ScalarAttributeType::N)?)
+        .attribute_definitions(attr(ATT, ScalarAttributeType::S)?)
         .key_schema(key(PK, KeyType::Hash)?)
         .key_schema(key(SK, KeyType::Range)?)
         .global_secondary_indexes(index)
+        .global_secondary_indexes(attention)
         .send()
         .await;
     let created = match result {
@@ -132,10 +137,72 @@ pub async fn create_table(client: &Client, table: &str) -> Result<Created, Store
         Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => Created::AlreadyExisted,
         Err(err) => return Err(place.error("CreateTable", "creating the table", &err)),
     };
-    let description = wait_active(client, &place).await?;
+    let mut description = wait_active(client, &place).await?;
+    if !has_attention_index(&description) {
+        // A table made by an earlier reseq: add the index it lacks (DynamoDB backfills it
+        // from the existing state items).
+        add_attention_index(client, &place).await?;
+        description = wait_active(client, &place).await?;
+    }
     check_layout(&place, &description)?;
     enable_ttl(client, &place).await?;
     Ok(created)
+}
+
+fn attention_index(place: &Place) -> Result<GlobalSecondaryIndex, StoreError> {
+    let key = |name: &str, key_type: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(key_type)
+            .build()
+            .map_err(|e| place.bug("building the attention index", e))
+    };
+    GlobalSecondaryIndex::builder()
+        .index_name(ATTENTION_INDEX)
+        .key_schema(key(ATT_SHARD, KeyType::Hash)?)
+        .key_schema(key(ATT, KeyType::Range)?)
+        .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+        .build()
+        .map_err(|e| place.bug("building the attention index", e))
+}
+
+/// `UpdateTable` creating the `attention` index on a table that has the rest of reseq's
+/// layout. Another process adding it at the same time is fine.
+async fn add_attention_index(client: &Client, place: &Place) -> Result<(), StoreError> {
+    let attr = |name: &str, ty: ScalarAttributeType| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ty)
+            .build()
+            .map_err(|e| place.bug("building UpdateTable", e))
+    };
+    let index = attention_index(place)?;
+    let create = CreateGlobalSecondaryIndexAction::builder()
+        .index_name(ATTENTION_INDEX)
+        .set_key_schema(Some(index.key_schema().to_vec()))
+        .set_projection(index.projection().cloned())
+        .build()
+        .map_err(|e| place.bug("building UpdateTable", e))?;
+    let result = client
+        .update_table()
+        .table_name(&place.table)
+        .attribute_definitions(attr(ATT_SHARD, ScalarAttributeType::N)?)
+        .attribute_definitions(attr(ATT, ScalarAttributeType::S)?)
+        .global_secondary_index_updates(GlobalSecondaryIndexUpdate::builder().create(create).build())
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => Ok(()),
+        Err(err) => Err(place.error("UpdateTable", "adding the attention index", &err)),
+    }
+}
+
+fn has_attention_index(description: &TableDescription) -> bool {
+    description
+        .global_secondary_indexes()
+        .iter()
+        .any(|i| i.index_name() == Some(ATTENTION_INDEX))
 }
 
 /// `DescribeTable`, `None` when the table does not exist.
@@ -204,12 +271,27 @@ fn check_layout(place: &Place, description: &TableDescription) -> Result<(), Sto
             && typed(DUE_SHARD, ScalarAttributeType::N)
             && typed(DUE_AT, ScalarAttributeType::N)
     });
-    if table_ok && index_ok {
+    let attention_ok = description.global_secondary_indexes().iter().any(|i| {
+        i.index_name() == Some(ATTENTION_INDEX)
+            && keys(i.key_schema()) == expect(ATT_SHARD, ATT)
+            && typed(ATT_SHARD, ScalarAttributeType::N)
+            && typed(ATT, ScalarAttributeType::S)
+    });
+    if table_ok && index_ok && !has_attention_index(description) {
+        return Err(StoreError::Fatal(format!(
+            "DynamoDB table {} in {} was created by an earlier reseq and lacks the global index `{ATTENTION_INDEX}` \
+             (on `{ATT_SHARD}` N + `{ATT}` S) that the gauges and `reseq stuck` read: run `reseq init --table {}` \
+             once to add it (or add it to your infrastructure code)",
+            place.table, place.location, place.table
+        )));
+    }
+    if table_ok && index_ok && attention_ok {
         return Ok(());
     }
     Err(StoreError::Fatal(format!(
         "DynamoDB table {} in {} exists but does not have reseq's layout (keys `{PK}` S + `{SK}` N, global index \
-         `{DUE_INDEX}` on `{DUE_SHARD}` N + `{DUE_AT}` N): use another table name, and create it with `reseq init \
+         `{DUE_INDEX}` on `{DUE_SHARD}` N + `{DUE_AT}` N, global index `{ATTENTION_INDEX}` on `{ATT_SHARD}` N + `{ATT}` \
+         S): use another table name, and create it with `reseq init \
          --table NAME`",
         place.table, place.location
     )))

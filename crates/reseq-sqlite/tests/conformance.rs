@@ -42,6 +42,9 @@ mod on_disk {
         async fn due(&self, query: &DueQuery) -> Result<Vec<String>, StoreError> {
             self.store.due(query).await
         }
+        async fn attention(&self, query: &reseq_core::AttentionQuery) -> Result<reseq_core::AttentionList, StoreError> {
+            self.store.attention(query).await
+        }
         async fn flush(&self) -> Result<(), StoreError> {
             self.store.flush().await
         }

@@ -346,13 +346,65 @@ fn a_file_from_a_newer_reseq_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     drop(open(&path));
-    tamper(&path, "PRAGMA user_version = 2");
+    tamper(
+        &path,
+        &format!("PRAGMA user_version = {}", reseq_sqlite::SCHEMA_VERSION + 1),
+    );
     let (err, text) = error_text(SqliteStore::open(&path));
     assert!(matches!(err, StoreError::Fatal(_)), "{err:?}");
     assert!(
         text.contains(&path.display().to_string()) && text.contains("newer reseq"),
         "{text}"
     );
+}
+
+/// A state file written by the previous schema (version 1, before the attention index)
+/// is upgraded in place when opened: its blocked and waiting contexts are indexed.
+#[test]
+fn a_version_1_file_is_upgraded_and_its_waiting_contexts_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let waiting = ContextState {
+        waiting_since: Some(Millis(1_000)),
+        version: 1,
+        ..state(3)
+    };
+    let quiet = ContextState { version: 1, ..state(9) };
+    let row = |id: &str, s: &ContextState| {
+        format!(
+            "INSERT INTO contexts VALUES ('{id}', 1, '{}', NULL, {});",
+            serde_json::to_string(s).unwrap(),
+            (s.next ^ (1 << 63)) as i64
+        )
+    };
+    tamper(
+        &path,
+        &format!(
+            "CREATE TABLE contexts (context_id TEXT PRIMARY KEY NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, \
+             due_at INTEGER, next_seq INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE INDEX contexts_due_at ON contexts (due_at) WHERE due_at IS NOT NULL;
+             CREATE TABLE staged (context_id TEXT NOT NULL, seq INTEGER NOT NULL, received_at INTEGER NOT NULL, \
+             body_hash INTEGER NOT NULL, is_final INTEGER NOT NULL, message_id TEXT NOT NULL, attributes TEXT, \
+             body BLOB NOT NULL, PRIMARY KEY (context_id, seq)) WITHOUT ROWID;
+             {}{}
+             PRAGMA user_version = 1;",
+            row("waits", &waiting),
+            row("quiet", &quiet)
+        ),
+    );
+    let store = open(&path);
+    let query = reseq_core::AttentionQuery {
+        blocked_limit: 10,
+        waiting_before: Millis(5_000),
+        waiting_limit: 10,
+    };
+    let found = ready(store.attention(&query)).unwrap();
+    assert_eq!(found.waiting, vec![("waits".to_string(), Millis(1_000))]);
+    assert!(found.blocked.is_empty());
+    assert_eq!(ready(store.load("quiet")).unwrap().map(|s| s.next), Some(9));
+    drop(store);
+    // Opened again: already version 2, nothing to do.
+    assert_eq!(ready(open(&path).attention(&query)).unwrap().waiting.len(), 1);
 }
 
 #[test]

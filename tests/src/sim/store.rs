@@ -157,6 +157,10 @@ impl StagingStore for SimStore {
             .take(query.limit)
             .collect())
     }
+    async fn attention(&self, query: &reseq_core::AttentionQuery) -> Result<reseq_core::AttentionList, StoreError> {
+        self.enter(false).await?;
+        self.inner.attention(query).await
+    }
     async fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
