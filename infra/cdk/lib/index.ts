@@ -1,0 +1,2 @@
+export * from './resequencer';
+export * from './stacks';
