@@ -6,8 +6,11 @@
 #   1. cfn-lint on the template as written;
 #   2. scripts/template-check.py: what cfn-lint misses (SQS event property names and
 #      values, FIFO rules, visibility vs timeout, redrive, lease vs timeout, reseq's table
-#      layout, the env vars reseq reads, the sweep schedule, the role's permissions), then
-#      the SAM transform (aws-sam-translator), written to .emulators/cfn-lint/transformed.json;
+#      layout, the env vars reseq reads and how the parameters set them, the sweep
+#      schedule, the role's permissions, the alarms and the dashboard against the metrics
+#      reseq emits), in every parameter scenario (standard queue, your own queues and
+#      table, HTTP output, SNS topic...), then the SAM transform (aws-sam-translator),
+#      written to .emulators/cfn-lint/transformed.json;
 #   3. cfn-lint on that transformed template (the generated event source mapping, rule,
 #      function: limits the SAM schema does not carry, e.g. MaximumConcurrency >= 2).
 # Silent on success but for one summary line; each failure is reported, exit status 1.
@@ -17,8 +20,13 @@
 # `sam validate --lint` is not run: it is the same cfn-lint engine (cfnlint.api.lint) and
 # `sam validate` the same aws-sam-translator transform as steps 1-3, for a 40 s larger install.
 #
+# The metric catalogue the alarms and the dashboard are checked against is what the code
+# prints: `reseq metrics --json`, run here as `cargo run -q --locked -p reseq-cli -- metrics --json`
+# (a debug build; after clippy and the tests in scripts/test.sh it is up to date).
+#
 # Environment: RESEQ_PYTHON (interpreter for the venv; default python3.11, then
-# python3.12, python3.13, python3).
+# python3.12, python3.13, python3); RESEQ_METRICS_CATALOGUE (a file holding the output of
+# `reseq metrics --json`, used instead of building and running reseq).
 set -euo pipefail
 
 readonly PINS=("cfn-lint==1.58.0" "aws-sam-translator==1.115.0" "pyyaml==6.0.3")
@@ -31,6 +39,7 @@ readonly DIR="${ROOT}/.emulators/cfn-lint"
 readonly VENV="${DIR}/venv"
 readonly MARKER="${DIR}/installed"
 readonly TRANSFORMED="${DIR}/transformed.json"
+readonly CATALOGUE="${DIR}/metrics.json"
 TEMPLATE="$(realpath -m -- "${1:-${ROOT}/template.yaml}")"
 readonly TEMPLATE
 
@@ -68,9 +77,23 @@ install() {
   exec 8>&-
 }
 
+# The metrics reseq emits, as the code itself lists them, into $CATALOGUE.
+catalogue() {
+  if [[ -n "${RESEQ_METRICS_CATALOGUE:-}" ]]; then
+    cp -- "$RESEQ_METRICS_CATALOGUE" "$CATALOGUE" || die "cannot read RESEQ_METRICS_CATALOGUE=${RESEQ_METRICS_CATALOGUE}"
+    return 0
+  fi
+  (cd "$ROOT" && cargo run -q --locked -p reseq-cli -- metrics --json) >"${CATALOGUE}.tmp" 2>"${DIR}/metrics.log" || {
+    cat "${DIR}/metrics.log" >&2
+    die "\`cargo run -q --locked -p reseq-cli -- metrics --json\` failed: the alarms cannot be checked against the metrics reseq emits"
+  }
+  mv -- "${CATALOGUE}.tmp" "$CATALOGUE"
+}
+
 main() {
   [[ -f "$TEMPLATE" ]] || die "no template at ${TEMPLATE}"
   install
+  catalogue
   local failed=0 count
   # No AWS access: cfn-lint and the transform work offline. A region only names the
   # partition; credentials are never read.
@@ -82,7 +105,7 @@ main() {
   }
   rm -f "$TRANSFORMED"
   if count="$("${VENV}/bin/python" "${ROOT}/scripts/template-check.py" --summary \
-    --transformed-out "$TRANSFORMED" "$TEMPLATE")"; then
+    --metrics "$CATALOGUE" --transformed-out "$TRANSFORMED" "$TEMPLATE")"; then
     :
   else
     failed=1
