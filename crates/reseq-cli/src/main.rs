@@ -41,6 +41,43 @@ enum Command {
     Init(init::InitArgs),
     /// Consume an SQS queue: stage in DynamoDB, release in order to --output, dead-letter to --dlq-url.
     Worker(worker::WorkerArgs),
+    /// List the CloudWatch metrics reseq emits (names, units, dimensions): what alarms may use.
+    Metrics(MetricsArgs),
+}
+
+#[derive(clap::Args)]
+struct MetricsArgs {
+    /// Print the catalogue as JSON (what the templates' checks read).
+    #[arg(long)]
+    json: bool,
+    /// The namespace metrics go to.
+    #[arg(long, env = "RESEQ_METRICS_NAMESPACE", default_value = reseq_metrics::DEFAULT_NAMESPACE)]
+    namespace: String,
+}
+
+fn print_metrics(args: MetricsArgs) -> anyhow::Result<ExitCode> {
+    if args.json {
+        println!("{}", reseq_metrics::catalogue_json(&args.namespace));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "namespace {}, dimension {} (and {} + {} where marked *)",
+        args.namespace,
+        reseq_metrics::SERVICE,
+        reseq_metrics::SERVICE,
+        reseq_metrics::REASON
+    );
+    for m in reseq_metrics::CATALOGUE {
+        let mark = if m.by_reason { "*" } else { " " };
+        println!(
+            "{:<20}{mark} {:<9} {:<12} {}",
+            m.name,
+            format!("{:?}", m.kind).to_lowercase(),
+            m.unit,
+            m.description
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -57,6 +94,7 @@ fn main() -> ExitCode {
             init_logs();
             worker::main(args)
         }
+        Command::Metrics(args) => print_metrics(args),
     };
     match result {
         Ok(code) => code,
