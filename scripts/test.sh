@@ -13,6 +13,8 @@
 #                     the repository alone has no such folder; the project's own tests cover
 #                     the same behaviours)
 #   RESEQ_REQUIRE_SCENARIOS=1  fail instead of skipping when there are none (.ci/run sets it)
+#   RESEQ_REQUIRE_NODE=1  fail instead of skipping the CDK checks on a machine without
+#                     Node.js >= 20 (.ci/run sets it)
 #   PROPTEST_CASES    property cases per property (each property asks for at least 256;
 #                     the fuzz targets under cargo test ask for 1,500 to 8,000 at least)
 #   RESEQ_FUZZ_SECONDS  also run the coverage-guided fuzz targets (scripts/fuzz.sh) this many
