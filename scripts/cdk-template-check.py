@@ -69,6 +69,7 @@ def load_template_check():
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
+    sys.dont_write_bytecode = True  # no scripts/__pycache__ in the work tree
     sys.modules["template_check"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     for name in ("load_template", "settings_env_names", "store_dynamodb_actions", "parse_duration_ms", "FIFO_MAX_BATCH", "MIN_MAX_RECEIVE_COUNT"):
