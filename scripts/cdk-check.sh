@@ -10,7 +10,7 @@
 #   4. cfn-lint on both synthesized templates;
 #   5. scripts/cdk-template-check.py on both: the content checks template.yaml gets, tied to
 #      template.yaml and the Rust code.
-# Prints one line per step. About 30 s (the first run adds ~15 s of npm ci and ~15 s of
+# Prints one line per step. About 30 s (the first run adds ~10 s of npm ci and ~20 s of
 # pip install). Needs Python >= 3.9, and Node.js >= 20 with npm: without Node.js it says
 # SKIPPED and succeeds, unless RESEQ_REQUIRE_NODE=1.
 set -euo pipefail
