@@ -61,6 +61,8 @@ const MANAGED_ENV = [
   'RESEQ_GAP_TIMEOUT',
   'RESEQ_SERVICE',
   'RESEQ_METRICS',
+  // Not set (reseq's default, `Reseq`), but the alarms and the dashboard read that namespace.
+  'RESEQ_METRICS_NAMESPACE',
 ];
 
 /** The Lambda flavour: the `bootstrap` of crates/reseq-lambda. */
@@ -489,7 +491,8 @@ export class Resequencer extends Construct {
     const container = taskDefinition.addContainer('Worker', {
       image: o.image,
       // The image's ENTRYPOINT is ["reseq", "worker"]: configured by RESEQ_* alone.
-      environment: { RESEQ_QUEUE_URL: this.inputQueue.queueUrl, ...environment, AWS_REGION: Aws.REGION },
+      // JSON logs (one object per decision) for CloudWatch Logs Insights, unless `settings` says text.
+      environment: { RESEQ_QUEUE_URL: this.inputQueue.queueUrl, RESEQ_LOG_FORMAT: 'json', ...environment, AWS_REGION: Aws.REGION },
       user,
       readonlyRootFilesystem: true,
       stopTimeout: o.stopTimeout ?? Duration.seconds(120),

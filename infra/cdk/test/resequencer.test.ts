@@ -302,6 +302,7 @@ describe('Resequencer, flavour ecs', () => {
     assert.deepEqual(env.RESEQ_DLQ_URL, { Ref: stack.getLogicalId(reseq.deadLetterQueue.node.defaultChild as any) });
     assert.deepEqual(env.RESEQ_TABLE, { Ref: stack.getLogicalId(reseq.table.node.defaultChild as any) });
     assert.equal(env.RESEQ_METRICS, 'stderr');
+    assert.equal(env.RESEQ_LOG_FORMAT, 'json');
   });
 
   it('is a Fargate task (arm64 by default) whose role is the least-privilege one', () => {
@@ -369,6 +370,7 @@ describe('Resequencer, flavour ecs', () => {
     assert.throws(make({ maxReceiveCount: 3 }), /maxReceiveCount/);
     assert.throws(make({ settings: { RESEQ_TABLE: 'x' } }), /may not set RESEQ_TABLE/);
     assert.throws(make({ settings: { FOO: 'x' } }), /not a RESEQ_/);
+    assert.throws(make({ settings: { RESEQ_METRICS_NAMESPACE: 'Other' } }), /may not set RESEQ_METRICS_NAMESPACE/);
     assert.throws(make({ gapTimeout: '30 seconds' }), /not a duration/);
     assert.throws(() => new Resequencer(new Stack(new App(), 'T'), 'R', { flavour: 'lambda' }), /needs the `lambda` props/);
     assert.throws(
