@@ -717,7 +717,7 @@ export class Resequencer extends Construct {
       }),
       new cloudwatch.GraphWidget({
         title: 'Held back, lease conflicts, handler errors',
-        left: ['HeldBusy', 'HeldCapacity', 'HeldFailed', 'LeaseConflicts', 'HandlerErrors', 'Poison'].map((n) => m(n)),
+        left: ['HeldBusy', 'HeldCapacity', 'HeldFailed', 'LeaseConflicts', 'LeasesTakenOver', 'HandlerErrors', 'Poison'].map((n) => m(n)),
         width: 8,
       }),
       new cloudwatch.GraphWidget({
@@ -808,6 +808,22 @@ export class Resequencer extends Construct {
         left: [tableMetric('ConsumedWriteCapacityUnits'), tableMetric('ConsumedReadCapacityUnits')],
         right: [tableMetric('ThrottledRequests')],
         width: 12,
+      }),
+    );
+    // The decision logs (one JSON object per decision: at the top level from the worker's
+    // --log-format json, under `fields` from the Lambda's tracing JSON), as template.yaml's.
+    dashboard.addWidgets(
+      new cloudwatch.LogQueryWidget({
+        title: 'Decisions (logs): gap skipped, conflict, late, dead-lettered, blocked, retried, lease taken over, expired',
+        logGroupNames: [this.logGroup.logGroupName],
+        view: cloudwatch.LogQueryVisualizationType.TABLE,
+        queryLines: [
+          'fields coalesce(decision, `fields.decision`) as decision_, coalesce(reason, `fields.reason`) as reason_',
+          'filter ispresent(decision_)',
+          'stats count(*) as decisions by decision_, reason_',
+          'sort decisions desc',
+        ],
+        width: 24,
       }),
     );
     return dashboard;
