@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::main(args),
         Command::Init(args) => init::main(args),
         Command::Worker(args) => {
-            init_logs();
+            init_logs(args.log_format);
             worker::main(args)
         }
         Command::Metrics(args) => print_metrics(args),
@@ -105,15 +105,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` filters them (default: reseq's own at info, others at warn).
-fn init_logs() {
+/// Logs go to stderr, as text or JSON lines; `RUST_LOG` filters them (default: reseq's
+/// own at info, others at warn).
+fn init_logs(format: worker::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,reseq=info,reseq_sqs=info"));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,reseq=info,reseq_sqs=info,reseq_core=info"));
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match format {
+        worker::LogFormat::Text => logs.init(),
+        worker::LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 /// Help and version go to stdout with code 0; anything else is one line and code 2.

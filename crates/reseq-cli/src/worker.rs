@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use reseq_core::Duration;
 use reseq_settings::{
-    ExtractArgs, OrderingArgs, SetupError, SqsArgs, connect_processor_on, lease_owner, positive_duration, sqs_client,
+    ExtractArgs, OrderingArgs, SetupError, SqsArgs, TelemetryArgs, aws_config, connect_processor_on, lease_owner,
+    positive_duration, sqs_client_from,
 };
 use reseq_sqs::worker::{Worker, WorkerConfig, inspect_queue, stage_held_after};
 
@@ -45,6 +46,17 @@ pub struct WorkerArgs {
     pub extract: ExtractArgs,
     #[command(flatten)]
     pub ordering: OrderingArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    /// Log lines as text (for people) or json (one object per line, for CloudWatch Logs Insights).
+    #[arg(long, env = "RESEQ_LOG_FORMAT", default_value = "text", value_name = "FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 pub fn main(args: WorkerArgs) -> Result<ExitCode> {
@@ -76,7 +88,8 @@ async fn run(args: WorkerArgs) -> Result<ExitCode> {
     // still connecting) then stops the worker cleanly instead of killing it.
     let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let owner = lease_owner("worker");
-    let sqs = sqs_client().await;
+    let sdk = aws_config().await;
+    let sqs = sqs_client_from(&sdk, args.sqs.lease_duration);
     // One GetQueueAttributes: the queue exists and can be read, its visibility timeout and
     // its redrive policy.
     let queue = match inspect_queue(&sqs, &args.queue_url).await {
@@ -97,7 +110,8 @@ async fn run(args: WorkerArgs) -> Result<ExitCode> {
     }
     let mut sqs_args = args.sqs.clone();
     sqs_args.stage_held_after = stage_held_after(args.sqs.stage_held_after, queue.max_receive_count);
-    let processor = match connect_processor_on(sqs.clone(), &args.ordering, &args.extract, &sqs_args, owner).await {
+    let processor = match connect_processor_on(&sdk, sqs.clone(), &args.ordering, &args.extract, &sqs_args, owner).await
+    {
         Ok(processor) => processor,
         Err(err) if err.is_configuration() => {
             let line = match err {
@@ -108,6 +122,16 @@ async fn run(args: WorkerArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
         Err(err) => return Err(err.into()),
+    };
+    let processor = match args
+        .telemetry
+        .install(reseq_metrics::Sink::Stderr, Some(&args.queue_url))
+    {
+        Ok(telemetry) => processor.with_telemetry(telemetry),
+        Err(err) => {
+            eprintln!("reseq: {err}");
+            return Ok(ExitCode::from(2));
+        }
     };
     if sqs_args.stage_held_after != args.sqs.stage_held_after {
         tracing::info!(

@@ -873,7 +873,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         }
         if seq < work.state.next {
             if work.state.is_skipped(seq) {
-                outcomes[index] = self.late(work, env, handler, dlq).await;
+                let msg = StagedMessage::from_envelope(env);
+                outcomes[index] = self.late(work, msg, handler, dlq).await;
                 return Ok(());
             }
             work.saw_copy = true;
@@ -973,9 +974,14 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         self.dead_letter(work, msg, Reason::Conflict, &detail, dlq).await
     }
 
-    async fn late<H: Handler, D: DeadLetterSink>(&self, work: &Work, env: Envelope, handler: &H, dlq: &D) -> Outcome {
+    async fn late<H: Handler, D: DeadLetterSink>(
+        &self,
+        work: &Work,
+        msg: StagedMessage,
+        handler: &H,
+        dlq: &D,
+    ) -> Outcome {
         bump(&self.counters.late);
-        let msg = StagedMessage::from_envelope(env);
         tracing::warn!(decision = "late", context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, policy = ?self.config.late, "its position was skipped: late");
         match self.config.late {
             LatePolicy::Drop => Outcome::Dropped,
@@ -1065,7 +1071,85 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
 
     fn stalled(&self, work: &Work, now: Millis) -> bool {
         let state = &work.state;
-        work.busy || work.cut || state.blocked.is_some() || state.retry.as_ref().is_some_and(|r| now < r.not_before)
+        work.busy
+            || work.cut
+            || state.blocked.is_some()
+            || state.pending_skip.is_some()
+            || state.retry.as_ref().is_some_and(|r| now < r.not_before)
+    }
+
+    /// Carries out an operator's `reseq skip` (`admin::request_skip`): the messages waiting
+    /// before the requested position follow the `--late` policy, the positions are
+    /// recorded as skipped and the cursor moves there. Under the lease, like a release.
+    /// `false`: not done yet (another worker holds the lease, or the DLQ refused a
+    /// message); the request stays and the context stays due.
+    async fn apply_skip<H: Handler, D: DeadLetterSink>(
+        &self,
+        work: &mut Work,
+        now: Millis,
+        handler: &H,
+        dlq: &D,
+        outcomes: &mut [Outcome],
+    ) -> Result<bool, StoreError> {
+        let Some(to) = work.state.pending_skip else {
+            return Ok(true);
+        };
+        let from = work.state.next;
+        if to > from {
+            if !self.acquire(work, now).await? {
+                return Ok(false);
+            }
+            let mine: Vec<u64> = work
+                .pending
+                .entries
+                .iter()
+                .map(|(seq, _)| *seq)
+                .filter(|seq| *seq < to)
+                .collect();
+            for seq in mine {
+                let Some(p) = work.pending.remove(seq) else { continue };
+                let outcome = self.late(work, p.msg.clone(), handler, dlq).await;
+                if !outcome.is_settled() {
+                    work.pending.insert(seq, p);
+                    return Ok(false);
+                }
+                outcomes[p.index] = outcome;
+            }
+            let mut cursor = from;
+            loop {
+                let page = self.store.staged(&work.context_id, cursor, to - 1, PAGE).await?;
+                let full = page.len() == PAGE;
+                for msg in page {
+                    cursor = msg.seq.saturating_add(1);
+                    if !self.late(work, msg, handler, dlq).await.is_settled() {
+                        // Those already dead-lettered may be sent again on the next try.
+                        return Ok(false);
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            work.state.record_skip(from, to - 1);
+            work.state.next = to;
+            if work.state.blocked.as_ref().is_some_and(|b| b.seq < to) {
+                work.state.blocked = None;
+            }
+            if work.state.retry.as_ref().is_some_and(|r| r.seq < to) {
+                work.state.retry = None;
+            }
+            self.counters.positions_skipped.fetch_add(to - from, Relaxed);
+            tracing::warn!(
+                decision = "skipped",
+                context_id = %work.context_id,
+                first = from,
+                last = to - 1,
+                "an operator's skip carried out: the positions are skipped, their waiting messages were late"
+            );
+        }
+        work.state.pending_skip = None;
+        work.dirty = true;
+        Ok(true)
     }
 
     /// Takes the context's lease before the first release of a batch, folded into a
@@ -1151,6 +1235,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         dlq: &D,
         outcomes: &mut [Outcome],
     ) -> Result<(), StoreError> {
+        if work.state.pending_skip.is_some() && !self.apply_skip(work, now, handler, dlq, outcomes).await? {
+            return Ok(());
+        }
         while !self.stalled(work, now) {
             let next = work.state.next;
             if work.state.final_seq.is_some_and(|f| next > f) {
@@ -1327,6 +1414,10 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         // lease runs out.
         if let Some(lease) = &state.lease {
             due = due.min(lease.until);
+        }
+        if state.pending_skip.is_some() {
+            // An operator's skip waits to be carried out: at the next sweep.
+            due = due.min(state.updated_at);
         }
         let stalled_by_retry = state.blocked.is_none() && state.retry.is_some();
         if let Some(retry) = state.retry.as_ref().filter(|_| state.blocked.is_none()) {

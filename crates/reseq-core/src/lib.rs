@@ -16,6 +16,7 @@
 //! Adapters (SQLite, DynamoDB, SQS, Lambda, the CLI) live in their own crates and only
 //! translate.
 
+pub mod admin;
 pub mod engine;
 pub mod envelope;
 pub mod extract;

@@ -110,6 +110,30 @@ pub struct ContextState {
     pub due_at: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiry_retry: Option<ExpiryRetry>,
+    /// An operator asked (`reseq skip`) to move the cursor to this position: the next
+    /// sweep (or batch) of a worker records the positions before it as skipped and
+    /// disposes of their waiting messages by the `--late` policy; nothing is released
+    /// until it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_skip: Option<u64>,
+    /// What operators did to this context, newest last (at most [`OPERATOR_LOG`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operator_log: Vec<OperatorAction>,
+}
+
+/// How many operator actions a context's state keeps.
+pub const OPERATOR_LOG: usize = 10;
+
+/// One operator action on a context (`reseq skip`, `reseq retry`): who, when, why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorAction {
+    pub action: String,
+    pub by: String,
+    pub at: Millis,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// What the action found or asked for (e.g. "positions 5..=6 skipped").
+    pub detail: String,
 }
 
 impl ContextState {
@@ -127,6 +151,8 @@ impl ContextState {
             waiting_since: None,
             due_at: None,
             expiry_retry: None,
+            pending_skip: None,
+            operator_log: Vec::new(),
         }
     }
 
@@ -293,7 +319,7 @@ pub enum StageOutcome {
 }
 
 /// How many messages wait at or after a position, and since when the oldest waits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Waiting {
     pub count: u64,
     pub oldest_received_at: Option<Millis>,

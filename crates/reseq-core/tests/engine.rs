@@ -1084,3 +1084,137 @@ async fn a_release_does_not_start_when_taking_the_lease_ran_past_the_deadline() 
     assert_eq!(out, vec![Outcome::Staged], "cut after the lease was taken");
     assert!(handler.seqs("a").is_empty());
 }
+
+fn operator() -> reseq_core::admin::Operator {
+    reseq_core::admin::Operator {
+        by: "ops@example.com".into(),
+        reason: "producer bug".into(),
+    }
+}
+
+#[tokio::test]
+async fn an_operator_retry_redrains_a_blocked_context_with_fresh_attempts() {
+    let rig = Rig::new(EngineConfig {
+        max_attempts: 1,
+        ..cfg()
+    });
+    rig.handler
+        .fail("a", 2, vec![HandlerError::Permanent("downstream says no".into())]);
+    rig.send(vec![rig.msg("a", 1), rig.msg("a", 2), rig.msg("a", 3)]).await;
+    assert_eq!(rig.handler.seqs("a"), vec![1]);
+    assert!(rig.state("a").await.blocked.is_some(), "blocked at 2");
+    let now = reseq_core::Clock::now(&*rig.clock);
+    let done = reseq_core::admin::request_retry(rig.engine.store(), "a", &operator(), now)
+        .await
+        .unwrap();
+    assert_eq!(done.action.action, "retry");
+    assert!(done.action.detail.contains("position 2"), "{:?}", done.action);
+    // Nothing is released by the request itself: the next sweep does it.
+    assert_eq!(rig.handler.seqs("a"), vec![1]);
+    rig.sweep().await;
+    assert_eq!(rig.handler.seqs("a"), vec![1, 2, 3]);
+    let state = rig.state("a").await;
+    assert_eq!((state.next, state.blocked.is_none()), (4, true));
+    assert_eq!(state.operator_log.len(), 1);
+    assert_eq!(state.operator_log[0].by, "ops@example.com");
+    // Nothing left to retry.
+    let again = reseq_core::admin::request_retry(rig.engine.store(), "a", &operator(), now).await;
+    assert!(
+        matches!(again, Err(reseq_core::admin::AdminError::NothingToRetry(_))),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_operator_skip_moves_the_cursor_and_the_skipped_messages_are_late() {
+    let rig = Rig::new(EngineConfig {
+        max_attempts: 1,
+        ..cfg()
+    });
+    // Blocked at 2 (poison), 3 waits, 4 is missing, 5 and 6 wait.
+    rig.handler.fail("a", 2, vec![HandlerError::Permanent("poison".into())]);
+    rig.send(vec![
+        rig.msg("a", 1),
+        rig.msg("a", 2),
+        rig.msg("a", 3),
+        rig.msg("a", 5),
+        rig.msg("a", 6),
+    ])
+    .await;
+    let now = reseq_core::Clock::now(&*rig.clock);
+    let report = reseq_core::admin::inspect(rig.engine.store(), "a", 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.waiting_positions, vec![2, 3, 5, 6]);
+    assert_eq!(report.gaps, vec![SeqRange { first: 4, last: 4 }]);
+    let refused = reseq_core::admin::request_skip(rig.engine.store(), "a", 2, &operator(), now).await;
+    assert!(
+        matches!(refused, Err(reseq_core::admin::AdminError::AlreadyPast { .. })),
+        "{refused:?}"
+    );
+    reseq_core::admin::request_skip(rig.engine.store(), "a", 5, &operator(), now)
+        .await
+        .unwrap();
+    // A message arriving before a sweep carried the skip out waits too.
+    assert_eq!(rig.one("a", 4).await, Outcome::Staged);
+    assert_eq!(rig.handler.seqs("a"), vec![1]);
+    rig.sweep().await;
+    assert_eq!(rig.handler.seqs("a"), vec![1, 5, 6], "released from the new cursor on");
+    let mut late: Vec<u64> = rig
+        .dlq
+        .letters()
+        .iter()
+        .filter(|l| l.reason == Reason::Late)
+        .map(|l| l.seq)
+        .collect();
+    late.sort_unstable();
+    assert_eq!(late, vec![2, 3, 4], "the skipped messages follow --late dlq");
+    let state = rig.state("a").await;
+    assert_eq!(
+        (state.next, state.pending_skip, state.blocked.is_none()),
+        (7, None, true)
+    );
+    assert!(
+        state.skipped.contains(&SeqRange { first: 2, last: 4 }),
+        "{:?}",
+        state.skipped
+    );
+    assert_eq!(state.operator_log[0].action, "skip");
+}
+
+#[tokio::test]
+async fn stuck_lists_blocked_and_long_waiting_contexts_and_the_index_follows_the_engine() {
+    let rig = Rig::new(EngineConfig {
+        max_attempts: 1,
+        ..cfg()
+    });
+    rig.handler
+        .fail("poisoned", 1, vec![HandlerError::Permanent("x".into())]);
+    rig.one("poisoned", 1).await;
+    rig.one("gappy", 3).await;
+    rig.one("fine", 1).await;
+    rig.clock.advance(Duration::from_secs(600));
+    let now = reseq_core::Clock::now(&*rig.clock);
+    let stuck = reseq_core::admin::stuck(rig.engine.store(), now, Duration::from_secs(300), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        stuck.blocked.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>(),
+        vec!["poisoned"]
+    );
+    assert_eq!(
+        stuck.waiting.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>(),
+        vec!["gappy"]
+    );
+    let recent = reseq_core::admin::stuck(rig.engine.store(), now, Duration::from_secs(900), 10)
+        .await
+        .unwrap();
+    assert!(recent.waiting.is_empty(), "{recent:?}");
+    // The gap fills: the context leaves the index.
+    rig.send(vec![rig.msg("gappy", 1), rig.msg("gappy", 2)]).await;
+    let after = reseq_core::admin::stuck(rig.engine.store(), now, Duration::from_millis(0), 10)
+        .await
+        .unwrap();
+    assert!(after.waiting.is_empty(), "{after:?}");
+}

@@ -153,7 +153,7 @@ pub use codec::{
     PK, SK, STATE_SK, TTL, due_shard,
 };
 pub use cost::Cost;
-pub use table::{Created, connect, create_table, load_client};
+pub use table::{Created, client_from, connect, connect_on, create_table, load_client};
 
 use codec::{Encoded, Item};
 use cost::{Counters, Request};

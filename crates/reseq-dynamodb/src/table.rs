@@ -53,7 +53,12 @@ pub(crate) fn location(client: &Client) -> String {
 /// `AWS_MAX_ATTEMPTS` or `AWS_RETRY_MODE` set in the environment, those win.
 pub async fn load_client(config: &DynamoConfig) -> Client {
     let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
-    let mut builder = aws_sdk_dynamodb::config::Builder::from(&sdk);
+    client_from(&sdk, config)
+}
+
+/// [`load_client`] on an SDK configuration the caller loaded once for every client.
+pub fn client_from(sdk: &aws_config::SdkConfig, config: &DynamoConfig) -> Client {
+    let mut builder = aws_sdk_dynamodb::config::Builder::from(sdk);
     let env_retries = ["AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"]
         .iter()
         .any(|var| std::env::var_os(var).is_some());
@@ -75,6 +80,11 @@ pub async fn load_client(config: &DynamoConfig) -> Client {
 /// with an error naming it and the command that creates it.
 pub async fn connect(table: &str, config: DynamoConfig) -> Result<DynamoStore, StoreError> {
     let client = load_client(&config).await;
+    connect_on(client, table, config).await
+}
+
+/// [`connect`] with a client made by [`client_from`].
+pub async fn connect_on(client: Client, table: &str, config: DynamoConfig) -> Result<DynamoStore, StoreError> {
     let store = DynamoStore::new(client, table, config);
     let description = describe(store.client(), &store.place).await?;
     match description {

@@ -16,7 +16,7 @@ pub mod runtime_api;
 use clap::{CommandFactory, Parser};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use reseq_core::{Clock, DeadLetterSink, Duration, Handler, Millis, StagingStore};
-use reseq_settings::{ExtractArgs, OrderingArgs, SqsArgs};
+use reseq_settings::{ExtractArgs, OrderingArgs, SqsArgs, TelemetryArgs};
 use reseq_sqs::batch::Processor;
 use reseq_sqs::lambda::{LambdaError, handle};
 use serde_json::Value;
@@ -35,6 +35,8 @@ pub struct LambdaSettings {
     pub extract: ExtractArgs,
     #[command(flatten)]
     pub sqs: SqsArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 impl LambdaSettings {

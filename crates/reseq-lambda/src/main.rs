@@ -84,6 +84,12 @@ async fn run(proxy: Option<(std::net::TcpListener, String)>) -> Result<(), Error
     let (processor, _sqs) = connect_processor(&settings.ordering, &settings.extract, &settings.sqs, owner)
         .await
         .map_err(|err| fail(format!("cannot start: {err}")))?;
+    // Lambda extracts the metrics from the function's log output.
+    let telemetry = settings
+        .telemetry
+        .install(reseq_metrics::Sink::Stdout, None)
+        .map_err(|err| fail(format!("cannot start: RESEQ_METRICS: {err}")))?;
+    let processor = processor.with_telemetry(telemetry);
     if settings.sqs.dlq_url.is_none() {
         tracing::warn!(
             "no RESEQ_DLQ_URL: conflicts, late and poison messages stay on the queue until its redrive policy moves them"

@@ -174,6 +174,44 @@ pub struct SqsArgs {
     pub stage_held_after: u32,
 }
 
+/// Where metrics go and under which names (CloudWatch Embedded Metric Format).
+#[derive(Args, Clone, Debug)]
+pub struct TelemetryArgs {
+    /// Where one metrics record per batch and sweep goes, in CloudWatch Embedded Metric Format: stdout, stderr or off. Default: stdout on Lambda, stderr for the worker.
+    #[arg(long, env = "RESEQ_METRICS", value_name = "SINK")]
+    pub metrics: Option<reseq_metrics::Sink>,
+    /// The CloudWatch namespace of the metrics.
+    #[arg(long, env = "RESEQ_METRICS_NAMESPACE", default_value = reseq_metrics::DEFAULT_NAMESPACE, value_name = "NAME")]
+    pub metrics_namespace: String,
+    /// The value of the metrics' Service dimension (one per deployment). Default: the Lambda function's name, else reseq.
+    #[arg(long, env = "RESEQ_SERVICE", value_name = "NAME")]
+    pub service: Option<String>,
+}
+
+impl TelemetryArgs {
+    /// Installs the process's metrics writer; `default_sink` applies when `--metrics` is
+    /// not given. `queue_url` names the input queue in every record (a property, not a
+    /// dimension).
+    pub fn install(
+        &self,
+        default_sink: reseq_metrics::Sink,
+        queue_url: Option<&str>,
+    ) -> Result<reseq_metrics::Telemetry, String> {
+        let service = self
+            .service
+            .clone()
+            .or_else(|| std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok())
+            .unwrap_or_else(|| "reseq".to_string());
+        let telemetry =
+            reseq_metrics::Telemetry::install(self.metrics.unwrap_or(default_sink), &self.metrics_namespace, &service)
+                .map_err(|e| e.to_string())?;
+        if let Some(queue) = queue_url.and_then(|url| url.rsplit('/').next()) {
+            telemetry.set_property("Queue", queue);
+        }
+        Ok(telemetry)
+    }
+}
+
 /// A duration that is more than zero (a zero lease, sweep interval or timeout cannot work).
 pub fn positive_duration(s: &str) -> Result<Duration, String> {
     let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
@@ -290,10 +328,38 @@ impl SetupError {
     }
 }
 
-/// The SQS client of the standard AWS chain (`AWS_REGION`, `AWS_ENDPOINT_URL_SQS`, …).
+/// The AWS configuration of the standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL_SQS`,
+/// profiles, …), loaded once per process and shared by every client.
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// Time to open a connection to SQS.
+pub const SQS_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// Time for one attempt of an SQS request (a receive's long poll is allowed for apart:
+/// see `reseq_sqs::worker::receive_timeouts`).
+pub const SQS_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Time for an SQS request, retries included, at most: a hung request never outlives a
+/// lease (the operation timeout is also held to half of `--lease-duration`).
+pub const SQS_OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The SQS client on `sdk`, with connect, attempt and operation timeouts so that a hung
+/// request fails (and is retried, or the message comes back) instead of hanging a batch
+/// past its context's lease.
+pub fn sqs_client_from(sdk: &aws_config::SdkConfig, lease: Duration) -> aws_sdk_sqs::Client {
+    let operation = SQS_OPERATION_TIMEOUT.min(std::time::Duration::from_millis((lease.0 / 2).max(1000)));
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(SQS_CONNECT_TIMEOUT)
+        .operation_attempt_timeout(SQS_ATTEMPT_TIMEOUT.min(operation))
+        .operation_timeout(operation)
+        .build();
+    let config = aws_sdk_sqs::config::Builder::from(sdk).timeout_config(timeouts).build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
+/// The SQS client of the standard AWS chain, with the default lease's timeouts.
 pub async fn sqs_client() -> aws_sdk_sqs::Client {
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    aws_sdk_sqs::Client::new(&sdk)
+    sqs_client_from(&aws_config().await, Duration::from_secs(60))
 }
 
 /// Connects to the table, the output and the DLQ (each checked once, so that a wrong name
@@ -305,13 +371,15 @@ pub async fn connect_processor(
     sqs_args: &SqsArgs,
     lease_owner: String,
 ) -> Result<(SqsProcessor, aws_sdk_sqs::Client), SetupError> {
-    let sqs = sqs_client().await;
-    let processor = connect_processor_on(sqs.clone(), ordering, extract, sqs_args, lease_owner).await?;
+    let sdk = aws_config().await;
+    let sqs = sqs_client_from(&sdk, sqs_args.lease_duration);
+    let processor = connect_processor_on(&sdk, sqs.clone(), ordering, extract, sqs_args, lease_owner).await?;
     Ok((processor, sqs))
 }
 
 /// [`connect_processor`] on an SQS client the caller already has.
 pub async fn connect_processor_on(
+    sdk: &aws_config::SdkConfig,
     sqs: aws_sdk_sqs::Client,
     ordering: &OrderingArgs,
     extract: &ExtractArgs,
@@ -322,11 +390,8 @@ pub async fn connect_processor_on(
     ordering.validate().map_err(SetupError::Invalid)?;
     let extractor = extract.extractor().map_err(SetupError::Invalid)?;
     // Staged items outlive the retention: DynamoDB TTL never takes a waiting message.
-    let store = reseq_dynamodb::connect(
-        &sqs_args.table,
-        DynamoConfig::for_retention(ordering.retention.as_std()),
-    )
-    .await?;
+    let dynamo = DynamoConfig::for_retention(ordering.retention.as_std());
+    let store = reseq_dynamodb::connect_on(reseq_dynamodb::client_from(sdk, &dynamo), &sqs_args.table, dynamo).await?;
     let output = Output::connect(sqs_args.output.clone(), sqs.clone(), sqs_args.http_timeout.as_std())
         .await
         .map_err(|e| SetupError::Output(e.to_string()))?;

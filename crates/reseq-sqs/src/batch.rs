@@ -3,15 +3,22 @@
 //! side by side (each context in order, in one engine call), and one [`Verdict`] per
 //! message saying whether it may be deleted from the queue.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
 
 use futures_util::future::join_all;
 use reseq_core::{
-    Clock, DeadLetter, DeadLetterSink, Engine, Envelope, Extractor, Handler, Hold, Millis, Outcome, RawMessage, Reason,
-    Rejection, StagingStore, StoreError,
+    AttentionList, AttentionQuery, Clock, DeadLetter, DeadLetterSink, Duration, Engine, Envelope, Extractor, Handler,
+    Hold, Millis, Outcome, RawMessage, Reason, Rejection, StagingStore, StoreError,
 };
+use reseq_metrics::{BLOCKED_GAUGE_LIMIT, Observation, Telemetry};
+
+/// How often a sweep reads the attention index for the gauges (32 small queries on
+/// DynamoDB): often enough for a one-minute alarm period, cheap at any sweep interval.
+pub const GAUGE_EVERY: Duration = Duration::from_millis(60_000);
 
 /// What happens to a message whose context id or position is missing or malformed
 /// (`--invalid`, SPEC §1).
@@ -65,6 +72,18 @@ pub struct Processor<S, C, H, D> {
     dlq: D,
     invalid: InvalidPolicy,
     invalid_count: AtomicU64,
+    /// Invalid messages by reason, and how many of them `--invalid dlq` dead-lettered:
+    /// the engine never sees them, so the metrics count them here.
+    invalid_by_reason: Mutex<BTreeMap<Reason, u64>>,
+    invalid_dead_lettered: AtomicU64,
+    /// Where the metrics of each batch and sweep go.
+    telemetry: Telemetry,
+    /// Sweeps run, failed, and contexts they looked at, since start (for the metrics).
+    sweeps: AtomicU64,
+    sweep_errors: AtomicU64,
+    contexts_swept: AtomicU64,
+    /// When a sweep last read the gauges (see [`GAUGE_EVERY`]).
+    gauges_read_at: Mutex<Option<Millis>>,
 }
 
 impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H, D> {
@@ -76,7 +95,60 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
             dlq,
             invalid,
             invalid_count: AtomicU64::new(0),
+            invalid_by_reason: Mutex::new(BTreeMap::new()),
+            invalid_dead_lettered: AtomicU64::new(0),
+            telemetry: Telemetry::off(),
+            sweeps: AtomicU64::new(0),
+            sweep_errors: AtomicU64::new(0),
+            contexts_swept: AtomicU64::new(0),
+            gauges_read_at: Mutex::new(None),
         }
+    }
+
+    /// This processor, writing one metrics record per batch and per sweep to `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Every counter since start: the engine's, the invalid messages', the sweeps', and
+    /// the store's consumed capacity.
+    pub fn observation(&self) -> Observation {
+        let invalid = self.invalid_by_reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Observation::of(
+            &self.engine.stats(),
+            &invalid,
+            self.invalid_dead_lettered.load(Relaxed),
+            self.engine.store().usage(),
+        )
+        .with_sweeps(
+            self.sweeps.load(Relaxed),
+            self.sweep_errors.load(Relaxed),
+            self.contexts_swept.load(Relaxed),
+        )
+    }
+
+    /// Blocked contexts and the oldest waiting one, from the store's attention index.
+    pub async fn gauges(&self) -> Result<AttentionList, StoreError> {
+        let query = AttentionQuery {
+            blocked_limit: BLOCKED_GAUGE_LIMIT,
+            waiting_before: self.engine_now(),
+            waiting_limit: 1,
+        };
+        self.engine.store().attention(&query).await
+    }
+
+    fn record(&self, started: Instant, gauges: Option<AttentionList>) {
+        let mut observation = self.observation().with_latencies(self.engine.take_release_latencies());
+        observation.batch_duration_ms = Some(started.elapsed().as_millis() as u64);
+        if let Some(attention) = gauges {
+            observation = observation.with_gauges(&attention, self.engine_now());
+        }
+        self.telemetry.record(observation);
     }
 
     pub fn engine(&self) -> &Engine<S, C> {
@@ -100,6 +172,13 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
     /// Processes one batch; one verdict per message, in the same order. No release starts
     /// at or after `deadline`. Everything settled is durable when this returns.
     pub async fn process(&self, batch: Vec<RawMessage>, deadline: Option<Millis>) -> Vec<Verdict> {
+        let started = Instant::now();
+        let verdicts = self.process_batch(batch, deadline).await;
+        self.record(started, None);
+        verdicts
+    }
+
+    async fn process_batch(&self, batch: Vec<RawMessage>, deadline: Option<Millis>) -> Vec<Verdict> {
         // Every message is either rejected here or handed to the engine below.
         let mut verdicts = vec![Verdict::Held(Hold::Failed(String::new())); batch.len()];
         // The batch's contexts in order of first appearance, each with its messages in
@@ -145,7 +224,45 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
     /// Fires the timers of contexts that are due (gap timeouts, retries, retention, the
     /// lease of a dead worker), through the store's due index, until none is left or the
     /// deadline passes. Returns how many contexts it looked at.
+    /// One metrics record per sweep; at most every [`GAUGE_EVERY`] it also reads the gauges.
     pub async fn sweep(&self, page: usize, deadline: Option<Millis>) -> Result<usize, StoreError> {
+        let started = Instant::now();
+        self.sweeps.fetch_add(1, Relaxed);
+        let swept = self.sweep_pages(page, deadline).await;
+        match &swept {
+            Ok(n) => {
+                self.contexts_swept.fetch_add(*n as u64, Relaxed);
+            }
+            Err(_) => {
+                self.sweep_errors.fetch_add(1, Relaxed);
+            }
+        }
+        let gauges = self.gauges_if_due().await;
+        self.record(started, gauges);
+        swept
+    }
+
+    async fn gauges_if_due(&self) -> Option<AttentionList> {
+        let now = self.engine_now();
+        {
+            let mut read_at = self.gauges_read_at.lock().unwrap_or_else(|p| p.into_inner());
+            if read_at.is_some_and(|at| now.since(at) < GAUGE_EVERY) {
+                return None;
+            }
+            *read_at = Some(now);
+        }
+        match self.gauges().await {
+            Ok(attention) => Some(attention),
+            Err(err) => {
+                self.sweep_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %err, "could not read the blocked and waiting contexts for the gauges; the next sweep tries again");
+                *self.gauges_read_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                None
+            }
+        }
+    }
+
+    async fn sweep_pages(&self, page: usize, deadline: Option<Millis>) -> Result<usize, StoreError> {
         let page = page.max(1);
         let mut total = 0;
         loop {
@@ -168,6 +285,12 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
 
     async fn reject(&self, raw: &RawMessage, rejection: Rejection) -> Verdict {
         self.invalid_count.fetch_add(1, Relaxed);
+        *self
+            .invalid_by_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(rejection.reason)
+            .or_default() += 1;
         tracing::warn!(
             message_id = %raw.message_id,
             reason = %rejection.reason,
@@ -189,7 +312,10 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
             detail: &rejection.detail,
         };
         match self.dlq.dead_letter(&letter).await {
-            Ok(()) => Verdict::Rejected(rejection.reason),
+            Ok(()) => {
+                self.invalid_dead_lettered.fetch_add(1, Relaxed);
+                Verdict::Rejected(rejection.reason)
+            }
             Err(err) => {
                 tracing::warn!(message_id = %raw.message_id, error = %err, "invalid message not dead-lettered; left for redrive");
                 Verdict::Invalid(rejection)

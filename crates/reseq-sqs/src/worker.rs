@@ -123,6 +123,17 @@ pub fn stage_held_after(setting: u32, max_receive_count: Option<u32>) -> u32 {
     }
 }
 
+/// The timeouts of one `ReceiveMessage` that long-polls `wait`: the client's attempt
+/// timeout (10 s) would cut every long poll, so a receive gets the wait plus that much.
+pub fn receive_timeouts(wait: Duration) -> aws_sdk_sqs::config::timeout::TimeoutConfig {
+    let attempt = wait.as_std().min(std::time::Duration::from_secs(20)) + std::time::Duration::from_secs(10);
+    aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(attempt * 2)
+        .build()
+}
+
 /// Error codes that no retry fixes: the worker stops and says which queue.
 const PERMANENT_CODES: [&str; 6] = [
     "AWS.SimpleQueueService.NonExistentQueue",
@@ -256,6 +267,10 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Worker<S, C, H, D
                 .message_attribute_names("All")
                 .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .customize()
+                .config_override(
+                    aws_sdk_sqs::config::Builder::default().timeout_config(receive_timeouts(self.config.wait_time)),
+                )
                 .send();
             // A receive cut short by a stop may have taken messages: they come back after
             // their visibility timeout, undeleted.
