@@ -5,7 +5,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { App, Duration, Stack } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -21,6 +21,10 @@ function placeholderBootstrap(): string {
   return dir;
 }
 const BOOTSTRAP = placeholderBootstrap();
+const TEMP_DIRS: string[] = [BOOTSTRAP];
+after(() => {
+  for (const dir of TEMP_DIRS) fs.rmSync(dir, { recursive: true, force: true });
+});
 
 function synth(props: Partial<ResequencerProps> & Pick<ResequencerProps, 'flavour'>): { template: Template; reseq: Resequencer } {
   const stack = new Stack(new App(), 'Test', { env: { account: '123456789012', region: 'eu-west-1' } });
@@ -409,7 +413,9 @@ describe('the example stacks', () => {
 
   it('builds the image from the repository Dockerfile as an asset (no Docker needed to synthesize)', () => {
     const repoRoot = path.resolve(__dirname, '..', '..', '..', '..');
-    const app = new App({ outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'reseq-cdk-out-')) });
+    const outdir = fs.mkdtempSync(path.join(os.tmpdir(), 'reseq-cdk-out-'));
+    TEMP_DIRS.push(outdir);
+    const app = new App({ outdir });
     const stack = new ReseqEcsStack(app, 'E', {
       image: ecs.ContainerImage.fromAsset(repoRoot, { file: 'Dockerfile' }),
     });
