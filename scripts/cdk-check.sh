@@ -70,7 +70,7 @@ t=$SECONDS
 rm -rf "$WORK"
 mkdir -p "${WORK}/bootstrap"
 printf '#!/bin/sh\n# placeholder for synth: the real one is target/lambda/bootstrap/bootstrap\n' >"${WORK}/bootstrap/bootstrap"
-if ! out="$(npx --no-install cdk synth --quiet --no-notices --no-version-reporting \
+if ! out="$(npx --no-install cdk synth --app "node dist/bin/app.js" --quiet --no-notices --no-version-reporting \
   -c "bootstrapDir=${WORK}/bootstrap" -o "${WORK}/cdk.out" 2>&1)"; then
   printf '%s\n' "$out" >&2
   die "cdk synth failed"
