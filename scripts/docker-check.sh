@@ -52,10 +52,12 @@ build_from="$(head -n1 <<<"$froms")"
 runtime_from="$(tail -n1 <<<"$froms")"
 rust_arg="$(grep -oE '^ARG RUST_VERSION=[0-9.]+' <<<"$df" | cut -d= -f2 || true)"
 msrv="$(grep -oE '^rust-version = "[0-9.]+"' "${ROOT}/Cargo.toml" | grep -oE '[0-9.]+' || true)"
-[[ -n "$rust_arg" && -n "$msrv" ]] && version_le "$msrv" "$rust_arg" ||
+if [[ -z "$rust_arg" || -z "$msrv" ]] || ! version_le "$msrv" "$rust_arg"; then
   fail "ARG RUST_VERSION (${rust_arg:-none}) must be at least the workspace's rust-version (${msrv:-?})"
+fi
 [[ "$build_from" =~ rust:\$\{RUST_VERSION\}-([a-z]+) ]] || fail "the build stage is not FROM rust:\${RUST_VERSION}-<debian release>: $build_from"
 build_release="${BASH_REMATCH[1]:-}"
+# shellcheck disable=SC2016 # the literal text $BUILDPLATFORM
 [[ "$build_from" == *'--platform=$BUILDPLATFORM'* ]] || fail "the build stage should run on \$BUILDPLATFORM and cross-compile (no emulation)"
 runtime_release=""
 if [[ "$runtime_from" =~ distroless/cc-debian([0-9]+) ]]; then
@@ -68,8 +70,9 @@ fi
 glibc="${DEBIAN_GLIBC[$runtime_release]:-}"
 [[ -n "$glibc" ]] || fail "unknown runtime Debian release '${runtime_release}': add its glibc to DEBIAN_GLIBC"
 grep -qE 'cargo build --release --locked -p reseq-cli' <<<"$df" || fail "the build is not 'cargo build --release --locked -p reseq-cli'"
-grep -qE 'ARG TARGETARCH' <<<"$df" && grep -qE 'arm64\)' <<<"$df" && grep -qE 'amd64\)' <<<"$df" ||
+if ! grep -qE 'ARG TARGETARCH' <<<"$df" || ! grep -qE 'arm64\)' <<<"$df" || ! grep -qE 'amd64\)' <<<"$df"; then
   fail "the build must handle TARGETARCH arm64 and amd64"
+fi
 user="$(grep -E '^USER ' <<<"$df" | tail -n1 | awk '{print $2}')"
 [[ "$user" =~ ^[1-9][0-9]*(:[1-9][0-9]*)?$ ]] || fail "the last USER must be a numeric non-root uid[:gid] (Kubernetes' runAsNonRoot checks need a number), not '${user:-none}'"
 entry="$(grep -E '^ENTRYPOINT ' <<<"$df" | tail -n1 | tr -d ' ')"

