@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The example app: one stack per flavour, deployable as it is.
 //
-//   cdk deploy ReseqLambda     # needs target/lambda/bootstrap/bootstrap (scripts/cargo-lambda.sh run build --release --arm64 -p reseq-lambda)
+//   cdk deploy ReseqLambda     # needs target/lambda/bootstrap/bootstrap (scripts/cargo-lambda.sh run build --profile lambda --arm64 -p reseq-lambda)
 //   cdk deploy ReseqEcs        # builds the repository's Dockerfile (needs Docker), or -c image=<uri> to use a pushed image
 //
 // Context (-c key=value): bootstrapDir (default <repo>/target/lambda/bootstrap), image (an
@@ -36,7 +36,7 @@ const lambdaStack = new ReseqLambdaStack(app, 'ReseqLambda', {
 if (!fs.existsSync(path.join(bootstrapDir, 'bootstrap'))) {
   // Synthesizing the ECS stack alone must not need the Lambda build: only this stack fails.
   Annotations.of(lambdaStack).addError(
-    `no ${path.join(bootstrapDir, 'bootstrap')}: build it (scripts/cargo-lambda.sh run build --release ` +
+    `no ${path.join(bootstrapDir, 'bootstrap')}: build it (scripts/cargo-lambda.sh run build --profile lambda ` +
       `${arch === 'arm64' ? '--arm64 ' : ''}-p reseq-lambda) or pass -c bootstrapDir=<folder holding bootstrap>`,
   );
 }

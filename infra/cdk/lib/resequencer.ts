@@ -70,7 +70,7 @@ export interface ResequencerLambdaOptions {
   /**
    * The function's code: a folder or zip holding `bootstrap`, e.g.
    * `lambda.Code.fromAsset('target/lambda/bootstrap')` after
-   * `scripts/cargo-lambda.sh run build --release --arm64 -p reseq-lambda`.
+   * `scripts/cargo-lambda.sh run build --profile lambda --arm64 -p reseq-lambda`.
    */
   readonly code: lambda.Code;
   /**
