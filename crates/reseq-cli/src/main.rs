@@ -7,9 +7,11 @@
 //! Every flag also reads an environment variable `RESEQ_<FLAG>`; a bad flag or value
 //! exits with code 2 and one line naming it.
 
+mod admin;
 mod bench;
 mod demo;
 mod init;
+mod redrive;
 mod run;
 mod traffic;
 mod worker;
@@ -41,6 +43,16 @@ enum Command {
     Init(init::InitArgs),
     /// Consume an SQS queue: stage in DynamoDB, release in order to --output, dead-letter to --dlq-url.
     Worker(worker::WorkerArgs),
+    /// Show one context: cursor, waiting positions and gaps, lease, attempts, last error, skipped ranges, next due time.
+    Inspect(admin::InspectArgs),
+    /// List blocked contexts and contexts waiting longer than --older-than, oldest first (from an index, no scan).
+    Stuck(admin::StuckArgs),
+    /// Move a context's cursor to --to: the positions before it are skipped (recorded with who, when, why).
+    Skip(admin::SkipArgs),
+    /// Try a blocked context's message again now, with fresh attempts.
+    Retry(admin::RetryArgs),
+    /// Move dead letters from the DLQ back to the input queue (group and dedup ids kept).
+    Redrive(redrive::RedriveArgs),
     /// List the CloudWatch metrics reseq emits (names, units, dimensions): what alarms may use.
     Metrics(MetricsArgs),
 }
@@ -95,6 +107,11 @@ fn main() -> ExitCode {
             worker::main(args)
         }
         Command::Metrics(args) => print_metrics(args),
+        Command::Inspect(args) => admin::inspect(args),
+        Command::Stuck(args) => admin::stuck(args),
+        Command::Skip(args) => admin::skip(args),
+        Command::Retry(args) => admin::retry(args),
+        Command::Redrive(args) => redrive::main(args),
     };
     match result {
         Ok(code) => code,

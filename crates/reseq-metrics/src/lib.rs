@@ -233,9 +233,15 @@ pub const BLOCKED_GAUGE_LIMIT: usize = 1000;
 
 impl Observation {
     /// The counters of an engine and its adapter: `stats` from the engine, `invalid` the
-    /// messages rejected before it (by reason) and how many of those went to the DLQ.
-    pub fn of(stats: &Stats, invalid: &BTreeMap<Reason, u64>, invalid_dead_lettered: u64, usage: StoreUsage) -> Self {
+    /// messages rejected before it (by reason) and those of them that went to the DLQ.
+    pub fn of(
+        stats: &Stats,
+        invalid: &BTreeMap<Reason, u64>,
+        invalid_dead_lettered: &BTreeMap<Reason, u64>,
+        usage: StoreUsage,
+    ) -> Self {
         let invalid_total: u64 = invalid.values().sum();
+        let invalid_dead_lettered_total: u64 = invalid_dead_lettered.values().sum();
         let totals = BTreeMap::from([
             (RECEIVED.name, stats.received + invalid_total),
             (RELEASED.name, stats.released),
@@ -243,7 +249,7 @@ impl Observation {
             (DUPLICATES.name, stats.duplicates),
             (LATE.name, stats.late),
             (INVALID.name, invalid_total),
-            (DEAD_LETTERED.name, stats.dead_lettered + invalid_dead_lettered),
+            (DEAD_LETTERED.name, stats.dead_lettered + invalid_dead_lettered_total),
             (CONFLICTS.name, stats.conflicts),
             (GAPS_SKIPPED.name, stats.gaps_skipped),
             (POSITIONS_SKIPPED.name, stats.positions_skipped),
@@ -258,8 +264,8 @@ impl Observation {
             (LEASES_TAKEN_OVER.name, stats.leases_taken_over),
         ]);
         let mut by_reason = BTreeMap::new();
-        for (reason, n) in &stats.dead_lettered_by_reason {
-            by_reason.insert((DEAD_LETTERED.name, reason.to_string()), *n);
+        for (reason, n) in stats.dead_lettered_by_reason.iter().chain(invalid_dead_lettered) {
+            *by_reason.entry((DEAD_LETTERED.name, reason.to_string())).or_default() += *n;
         }
         for (reason, n) in invalid {
             by_reason.insert((INVALID.name, reason.to_string()), *n);

@@ -75,7 +75,7 @@ pub struct Processor<S, C, H, D> {
     /// Invalid messages by reason, and how many of them `--invalid dlq` dead-lettered:
     /// the engine never sees them, so the metrics count them here.
     invalid_by_reason: Mutex<BTreeMap<Reason, u64>>,
-    invalid_dead_lettered: AtomicU64,
+    invalid_dead_lettered: Mutex<BTreeMap<Reason, u64>>,
     /// Where the metrics of each batch and sweep go.
     telemetry: Telemetry,
     /// Sweeps run, failed, and contexts they looked at, since start (for the metrics).
@@ -96,7 +96,7 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
             invalid,
             invalid_count: AtomicU64::new(0),
             invalid_by_reason: Mutex::new(BTreeMap::new()),
-            invalid_dead_lettered: AtomicU64::new(0),
+            invalid_dead_lettered: Mutex::new(BTreeMap::new()),
             telemetry: Telemetry::off(),
             sweeps: AtomicU64::new(0),
             sweep_errors: AtomicU64::new(0),
@@ -119,10 +119,15 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
     /// the store's consumed capacity.
     pub fn observation(&self) -> Observation {
         let invalid = self.invalid_by_reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let invalid_dead_lettered = self
+            .invalid_dead_lettered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Observation::of(
             &self.engine.stats(),
             &invalid,
-            self.invalid_dead_lettered.load(Relaxed),
+            &invalid_dead_lettered,
             self.engine.store().usage(),
         )
         .with_sweeps(
@@ -313,7 +318,12 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
         };
         match self.dlq.dead_letter(&letter).await {
             Ok(()) => {
-                self.invalid_dead_lettered.fetch_add(1, Relaxed);
+                *self
+                    .invalid_dead_lettered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(rejection.reason)
+                    .or_default() += 1;
                 Verdict::Rejected(rejection.reason)
             }
             Err(err) => {
