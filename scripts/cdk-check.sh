@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# scripts/cdk-check.sh: the CDK app in infra/cdk, offline (no AWS account, no Docker).
+# scripts/cdk-check.sh [RESEQ_BINARY]: the CDK app in infra/cdk, offline (no AWS account,
+# no Docker).
 #
 #   1. npm ci (pinned by infra/cdk/package-lock.json; skipped when node_modules matches it);
 #   2. tsc, then the assertion tests (node --test: the Resequencer construct in both
@@ -9,7 +10,10 @@
 #      into .emulators/cdk-check/cdk.out;
 #   4. cfn-lint on both synthesized templates;
 #   5. scripts/cdk-template-check.py on both: the content checks template.yaml gets, tied to
-#      template.yaml and the Rust code.
+#      template.yaml and the Rust code, the alarms and the dashboard against the metrics
+#      reseq emits (`reseq metrics --json`: from RESEQ_BINARY when given, else the file in
+#      RESEQ_METRICS_CATALOGUE, else `cargo run -q --locked -p reseq-cli -- metrics --json`,
+#      a debug build when reseq is not built yet).
 # Prints one line per step. About 30 s (the first run adds ~10 s of npm ci and ~20 s of
 # pip install). Needs Python >= 3.9, and Node.js >= 20 with npm: without Node.js it says
 # SKIPPED and succeeds, unless RESEQ_REQUIRE_NODE=1.
@@ -44,6 +48,8 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null ||
   exit 0
 fi
 
+# The binary's path as given, before the cd below.
+binary="${1:+$(realpath -m -- "$1")}"
 start=$SECONDS
 cd "$CDK"
 lock_hash="$(sha256sum package-lock.json | cut -d' ' -f1)"
@@ -88,7 +94,16 @@ t=$SECONDS
 say "4/5 cfn-lint $("${DEPLOY_TOOLS_VENV}/bin/cfn-lint" --version | cut -d' ' -f2): both templates clean ($((SECONDS - t)) s)"
 
 t=$SECONDS
-count="$("${DEPLOY_TOOLS_VENV}/bin/python" "${ROOT}/scripts/cdk-template-check.py" "${templates[@]}")" ||
+catalogue="${WORK}/metrics.json"
+if [[ -n "$binary" ]]; then
+  "$binary" metrics --json >"$catalogue" || die "\`${1} metrics --json\` failed"
+elif [[ -n "${RESEQ_METRICS_CATALOGUE:-}" ]]; then
+  cp -- "$RESEQ_METRICS_CATALOGUE" "$catalogue" || die "cannot read RESEQ_METRICS_CATALOGUE=${RESEQ_METRICS_CATALOGUE}"
+else
+  (cd "$ROOT" && cargo run -q --locked -p reseq-cli -- metrics --json) >"$catalogue" ||
+    die "\`cargo run -q --locked -p reseq-cli -- metrics --json\` failed: the alarms cannot be checked against the metrics reseq emits"
+fi
+count="$("${DEPLOY_TOOLS_VENV}/bin/python" "${ROOT}/scripts/cdk-template-check.py" --metrics "$catalogue" "${templates[@]}")" ||
   die "the synthesized templates failed the content checks above"
 say "5/5 ${count} ($((SECONDS - t)) s)"
 say "ok in $((SECONDS - start)) s${DEPLOY_TOOLS_NOTE}"

@@ -22,7 +22,10 @@ For every template given (the flavour is told by its resources):
   structs for the Lambda as template-check.py finds them; the worker's flags for ECS),
   the required ones are set, and RESEQ_SERVICE is the Service dimension of the alarms;
 - the alarms: one for each of template.yaml's (same namespace, metric, statistic, period,
-  comparison, missing-data treatment; the Lambda ones only for the Lambda flavour);
+  comparison, missing-data treatment; the Lambda ones only for the Lambda flavour); with
+  --metrics (the output of `reseq metrics --json`), every metric of reseq's namespace an
+  alarm or the dashboard uses is one reseq emits, with a dimension set and a statistic it
+  emits, and the dashboard shows every metric with each of its dimension sets;
 - Lambda: provided.al2023, handler bootstrap, active tracing, the SQS event source
   (BatchSize <= 10, ReportBatchItemFailures, no batching window, from the input queue),
   visibility >= 6 x timeout, RESEQ_LEASE_DURATION > timeout, a rate(1 minute) rule that
@@ -112,9 +115,10 @@ def sqs_calls() -> set[str]:
 
 
 class Check:
-    def __init__(self, name: str, tc, expected_table: dict, expected_alarms: list[dict], sam_env: set[str]):
+    def __init__(self, name: str, tc, expected_table: dict, expected_alarms: list[dict], sam_env: set[str], catalogue=None):
         self.name = name
         self.tc = tc
+        self.catalogue = catalogue
         self.failures: list[str] = []
         self.count = 0
         self.expected_table = expected_table
@@ -346,8 +350,68 @@ class Check:
         ]
         self.check(len(backlog) == 1, "no target-tracking policy on the input queue's backlog")
 
+    def reseq_metric(self, where: str, name: str, dims: dict, stat: str | None) -> None:
+        """A metric of reseq's namespace as an alarm or a widget uses it, against `reseq metrics --json`."""
+        metric = self.catalogue.metrics.get(name)
+        if not self.check(metric is not None, f"{where}: reseq emits no metric {name!r} (reseq metrics --json)"):
+            return
+        self.check(
+            tuple(sorted(dims)) in {tuple(sorted(d)) for d in metric.dimensions},
+            f"{where}: {name} is emitted with the dimension sets {metric.dimensions}, not {sorted(dims)}",
+        )
+        self.check(dims.get("Service") == self.service, f"{where}: {name}'s Service must be RESEQ_SERVICE ({self.service!r})")
+        if stat is not None:
+            percentile = getattr(self.tc, "PERCENTILE", re.compile(r"p\d+(\.\d+)?"))
+            ok = stat in self.tc.STATISTICS[metric.kind] or (metric.kind == "histogram" and percentile.fullmatch(stat))
+            self.check(bool(ok), f"{where}: {name} is a {metric.kind}: statistic {stat!r} means nothing for it")
+
+    def dashboard(self) -> None:
+        boards = self.of_type("AWS::CloudWatch::Dashboard")
+        if not self.check(len(boards) == 1, f"expected one dashboard, found {len(boards)}"):
+            return
+        body = next(iter(boards.values()))["Properties"]["DashboardBody"]
+        if isinstance(body, dict) and "Fn::Join" in body:
+            sep, parts = body["Fn::Join"]
+            body = sep.join(p if isinstance(p, str) else "TOKEN" for p in parts)
+        board = json.loads(body)
+        namespace = self.catalogue.namespace
+        shown: set[tuple[str, tuple[str, ...]]] = set()
+        for i, widget in enumerate(board.get("widgets") or []):
+            props = widget.get("properties") or {}
+            where = f"dashboard widget {i} ({props.get('title', widget.get('type'))})"
+            if widget.get("type") != "metric":
+                continue
+            for row in props.get("metrics") or []:
+                if row and isinstance(row[0], dict):
+                    for m in re.finditer(r"SEARCH\('\{([^}]*)\}\s*([^']*)'", row[0].get("expression", "")):
+                        schema = [x.strip() for x in m.group(1).split(",")]
+                        terms = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+                        dims = {d: terms.get(d) for d in schema[1:] if d}
+                        if schema[0] == namespace:
+                            self.reseq_metric(where, terms.get("MetricName", ""), dims, None)
+                            shown.add((terms.get("MetricName", ""), tuple(sorted(dims))))
+                    continue
+                options = row[-1] if row and isinstance(row[-1], dict) else {}
+                fields = row[:-1] if options else row
+                if len(fields) >= 2 and fields[0] == namespace:
+                    dims = dict(zip(fields[2::2], fields[3::2]))
+                    self.reseq_metric(where, fields[1], dims, options.get("stat") or props.get("stat"))
+                    shown.add((fields[1], tuple(sorted(dims))))
+        for metric in self.catalogue.metrics.values():
+            for dims in metric.dimensions:
+                self.check(
+                    (metric.name, tuple(sorted(dims))) in shown,
+                    f"the dashboard does not show {metric.name} by {list(dims)} (every metric reseq emits, each dimension set)",
+                )
+
     def alarms(self) -> None:
         got = [a["Properties"] for a in self.of_type("AWS::CloudWatch::Alarm").values()]
+        if self.catalogue is not None:
+            for a in got:
+                if a.get("Namespace") == self.catalogue.namespace:
+                    dims = {d["Name"]: d["Value"] for d in a.get("Dimensions") or []}
+                    self.reseq_metric(f"alarm on {a.get('MetricName')}", a.get("MetricName"), dims, a.get("Statistic"))
+            self.dashboard()
         for a in got:
             if a.get("Namespace") == "Reseq":
                 dims = {d["Name"]: d["Value"] for d in a.get("Dimensions") or []}
@@ -401,16 +465,20 @@ def sam_expectations(tc) -> tuple[dict, list[dict], set[str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("templates", nargs="+", help="synthesized templates (cdk.out/*.template.json)")
+    parser.add_argument(
+        "--metrics", metavar="FILE", help="the output of `reseq metrics --json`: alarms and dashboard are checked against it"
+    )
     args = parser.parse_args()
     try:
         tc = load_template_check()
         expected_table, expected_alarms, sam_env = sam_expectations(tc)
-    except (ImportError, OSError, ValueError) as e:
+        catalogue = tc.load_catalogue(Path(args.metrics)) if args.metrics else None
+    except (ImportError, OSError, ValueError, AttributeError) as e:
         print(f"cdk-template-check: {e}", file=sys.stderr)
         return 2
     failures, count = [], 0
     for t in args.templates:
-        c = Check(Path(t).name, tc, expected_table, expected_alarms, sam_env)
+        c = Check(Path(t).name, tc, expected_table, expected_alarms, sam_env, catalogue)
         try:
             c.run(Path(t))
         except (OSError, ValueError, KeyError) as e:

@@ -56,10 +56,10 @@ cargo test --workspace --doc --locked
 step "deploy definitions: CDK app, Dockerfile"
 # infra/cdk: npm ci, tsc, the assertion tests, cdk synth of both stacks, cfn-lint and the
 # content checks on the synthesized templates (~30 s; npm ci and pip the first time, ~30 s
-# more). Then the Dockerfile (hadolint, its promises) and the reseq binary the tests just
-# built against the runtime image's glibc (~1 s). No Docker engine here: the image itself
-# is not built.
-scripts/cdk-check.sh
+# more), the alarms and dashboard against `reseq metrics --json` of the binary the tests
+# just built. Then the Dockerfile (hadolint, its promises) and that binary against the
+# runtime image's glibc (~1 s). No Docker engine here: the image itself is not built.
+scripts/cdk-check.sh target/debug/reseq
 scripts/docker-check.sh target/debug/reseq
 
 step "coverage-guided fuzzing"

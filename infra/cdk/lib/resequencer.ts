@@ -704,8 +704,8 @@ export class Resequencer extends Construct {
         width: 8,
       }),
       new cloudwatch.GraphWidget({
-        title: 'Dead letters and invalid messages by reason',
-        left: [search('DeadLettered', 'Reason'), search('Invalid', 'Reason')],
+        title: 'Dead letters and invalid messages, all and by reason',
+        left: [m('DeadLettered'), m('Invalid'), search('DeadLettered', 'Reason'), search('Invalid', 'Reason')],
         width: 8,
       }),
     );
@@ -716,8 +716,8 @@ export class Resequencer extends Construct {
         width: 8,
       }),
       new cloudwatch.GraphWidget({
-        title: 'Held back, lease conflicts, handler errors',
-        left: ['HeldBusy', 'HeldCapacity', 'HeldFailed', 'LeaseConflicts', 'LeasesTakenOver', 'HandlerErrors', 'Poison'].map((n) => m(n)),
+        title: 'Held back, leases, handler errors, blocked',
+        left: ['HeldBusy', 'HeldCapacity', 'HeldFailed', 'LeaseConflicts', 'LeasesTakenOver', 'HandlerErrors', 'Poison', 'Blocked'].map((n) => m(n)),
         width: 8,
       }),
       new cloudwatch.GraphWidget({
