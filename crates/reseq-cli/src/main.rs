@@ -42,7 +42,7 @@ enum Command {
     /// Create the DynamoDB table (and with --with-queues the SQS queues); idempotent.
     Init(init::InitArgs),
     /// Consume an SQS queue: stage in DynamoDB, release in order to --output, dead-letter to --dlq-url.
-    Worker(worker::WorkerArgs),
+    Worker(Box<worker::WorkerArgs>),
     /// Show one context: cursor, waiting positions and gaps, lease, attempts, last error, skipped ranges, next due time.
     Inspect(admin::InspectArgs),
     /// List blocked contexts and contexts waiting longer than --older-than, oldest first (from an index, no scan).
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
         Command::Init(args) => init::main(args),
         Command::Worker(args) => {
             init_logs(args.log_format);
-            worker::main(args)
+            worker::main(*args)
         }
         Command::Metrics(args) => print_metrics(args),
         Command::Inspect(args) => admin::inspect(args),

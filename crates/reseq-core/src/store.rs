@@ -211,7 +211,7 @@ impl Attention {
     /// The key range `[from, to]` of blocked contexts.
     pub fn blocked_range() -> (String, String) {
         (
-            format!("{}", Self::BLOCKED),
+            Self::BLOCKED.to_string(),
             format!("{}{}", Self::BLOCKED, "9".repeat(20)),
         )
     }

@@ -768,8 +768,11 @@ impl DynamoStore {
         limit: usize,
     ) -> Result<Vec<(String, Attention)>, StoreError> {
         let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
         let mut start: Option<Item> = None;
-        while limit > 0 {
+        loop {
             self.counters.sent(Request::QueryPage);
             let page = self
                 .client
