@@ -148,7 +148,7 @@ pub async fn create_table(client: &Client, table: &str) -> Result<Created, Store
         Err(err) => return Err(place.error("CreateTable", "creating the table", &err)),
     };
     let mut description = wait_active(client, &place).await?;
-    if !has_attention_index(&description) {
+    if lacks_only_the_attention_index(&place, &description) {
         // A table made by an earlier reseq: add the index it lacks (DynamoDB backfills it
         // from the existing state items).
         add_attention_index(client, &place).await?;
@@ -206,6 +206,13 @@ async fn add_attention_index(client: &Client, place: &Place) -> Result<(), Store
         Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => Ok(()),
         Err(err) => Err(place.error("UpdateTable", "adding the attention index", &err)),
     }
+}
+
+/// A table with reseq's keys and `due` index but no `attention` index (made by an earlier
+/// reseq): the one case `create_table` upgrades. Any other layout is left alone.
+fn lacks_only_the_attention_index(place: &Place, description: &TableDescription) -> bool {
+    !has_attention_index(description)
+        && matches!(check_layout(place, description), Err(StoreError::Fatal(ref m)) if m.contains("earlier reseq"))
 }
 
 fn has_attention_index(description: &TableDescription) -> bool {
