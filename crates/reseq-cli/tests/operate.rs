@@ -12,7 +12,7 @@ use serde_json::Value;
 
 mod common;
 use common::emulators;
-use common::sqs_worker::{Msg, Setup, by_context, drain, http_target, run_worker, send, summary_count};
+use common::sqs_worker::{Msg, Setup, by_context, drain, finish, http_target, run_worker, send, summary_count};
 
 /// The EMF records among a worker's stderr lines.
 fn emf_records(stderr: &str) -> Vec<Value> {
@@ -311,4 +311,90 @@ async fn an_operator_finds_inspects_skips_retries_and_redrives() {
         m
     });
     assert_eq!(reasons, BTreeMap::from([("conflict".to_string(), 1)]), "{kept:?}");
+}
+
+/// The X-Ray trace header of an input message (SQS's `AWSTraceHeader` system attribute)
+/// reaches the output queue as the same system attribute, also for a message that waited
+/// in the table for its predecessor.
+#[tokio::test]
+async fn the_trace_header_travels_from_input_to_output_through_staging() {
+    if emulators().is_none() {
+        return;
+    }
+    use aws_sdk_sqs::types::{
+        MessageSystemAttributeName, MessageSystemAttributeNameForSends, MessageSystemAttributeValue,
+    };
+    let setup = Setup::new("trace", 5).await;
+    let trace =
+        |seq: u64| format!("Root=1-5759e988-bd862e3fe1be46a99427279{seq};Parent=53995c3f42cd8ad{seq};Sampled=1");
+    let attribute = |v: String| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .unwrap()
+    };
+    // 2 first, while a worker runs (it waits in the table), then 1.
+    let worker = setup
+        .worker(&setup.input, &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the worker");
+    for seq in [2u64, 1] {
+        let system = MessageSystemAttributeValue::builder()
+            .data_type("String")
+            .string_value(trace(seq))
+            .build()
+            .unwrap();
+        setup
+            .sqs
+            .send_message()
+            .queue_url(&setup.input)
+            .message_body(format!("step {seq}"))
+            .message_group_id("producer")
+            .message_deduplication_id(format!("t-{seq}"))
+            .message_attributes("contextId", attribute("traced".into()))
+            .message_attributes("sequence", attribute(seq.to_string()))
+            .message_system_attributes(MessageSystemAttributeNameForSends::AwsTraceHeader, system)
+            .send()
+            .await
+            .unwrap();
+        // Separate batches, so that 2 is staged before 1 arrives.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let (_, stderr) = finish(worker);
+    assert_eq!(summary_count(&stderr, "staged"), 1, "2 waited in the table: {stderr}");
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let out = setup
+            .sqs
+            .receive_message()
+            .queue_url(&setup.output)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages.unwrap_or_default() {
+            let header = m
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader))
+                .cloned();
+            got.push((m.body.unwrap_or_default(), header));
+        }
+        if got.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("step 1".to_string(), Some(trace(1))),
+            ("step 2".to_string(), Some(trace(2)))
+        ],
+        "released in order, each with its own trace header; the worker said: {stderr}"
+    );
 }

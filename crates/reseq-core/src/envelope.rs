@@ -37,6 +37,13 @@ impl AttributeValue {
 
 pub type Attributes = BTreeMap<String, AttributeValue>;
 
+/// The attribute under which a message's AWS X-Ray trace header (SQS's *system* attribute
+/// `AWSTraceHeader`) travels with it: received with the message, staged with its other
+/// attributes in every store, handed to the handler in [`crate::Release::attributes`], and
+/// sent on by reseq's SQS outputs and DLQ as the system attribute again (never as a
+/// message attribute). A message attribute of that name is taken for the same.
+pub const TRACE_HEADER: &str = "AWSTraceHeader";
+
 /// A message as received, before its context and position are known.
 #[derive(Clone, Debug, Default)]
 pub struct RawMessage {

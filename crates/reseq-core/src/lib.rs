@@ -30,7 +30,7 @@ pub mod testing;
 pub mod time;
 
 pub use engine::{Engine, EngineConfig, Hold, LatePolicy, Outcome, PoisonPolicy, Stats};
-pub use envelope::{AttributeValue, Attributes, Envelope, RawMessage};
+pub use envelope::{AttributeValue, Attributes, Envelope, RawMessage, TRACE_HEADER};
 pub use extract::{Extractor, Rejection};
 pub use handler::{DeadLetter, DeadLetterSink, Handler, HandlerError, Release, SinkError};
 pub use memory::MemoryStore;

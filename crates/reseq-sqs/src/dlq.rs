@@ -36,7 +36,9 @@ use aws_sdk_sqs::Client;
 use bytes::Bytes;
 use reseq_core::{AttributeValue, Attributes, DeadLetter, DeadLetterSink, RawMessage, Reason, Rejection, SinkError};
 
-use crate::ids::{MAX_MESSAGE_BYTES, attributes_for_sqs, fifo_group_id, fifo_id_of, message_size, sqs_text, truncate};
+use crate::ids::{
+    MAX_MESSAGE_BYTES, attributes_for_sqs, fifo_group_id, fifo_id_of, message_size, sqs_text, trace_for_sqs, truncate,
+};
 use crate::output::context_attribute;
 
 /// `reseqDetail` is cut to this many bytes (at a character boundary).
@@ -189,7 +191,8 @@ impl SqsDeadLetters {
             .send_message()
             .queue_url(url)
             .message_body(body)
-            .set_message_attributes(Some(attributes));
+            .set_message_attributes(Some(attributes))
+            .set_message_system_attributes(trace_for_sqs(letter.attributes));
         if url.ends_with(".fifo") {
             let context = letter.position.map(|(c, _)| c).or(letter.group).unwrap_or("");
             let group = if context.is_empty() {

@@ -23,8 +23,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use aws_sdk_sqs::primitives::Blob;
-use aws_sdk_sqs::types::MessageAttributeValue;
-use reseq_core::{AttributeValue, Attributes};
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeNameForSends, MessageSystemAttributeValue};
+use reseq_core::{AttributeValue, Attributes, TRACE_HEADER};
 
 /// SQS allows at most this many message attributes per message.
 pub const MAX_ATTRIBUTES: usize = 10;
@@ -144,7 +144,7 @@ pub fn attributes_for_sqs(
         if out.len() >= MAX_ATTRIBUTES {
             break;
         }
-        if out.contains_key(name) {
+        if out.contains_key(name) || name == TRACE_HEADER {
             continue;
         }
         if let Some(v) = to_sqs(value) {
@@ -152,6 +152,23 @@ pub fn attributes_for_sqs(
         }
     }
     out
+}
+
+/// The message's X-Ray trace header as the system attribute SQS sends on (see
+/// [`TRACE_HEADER`]), when it has one.
+pub fn trace_for_sqs(
+    original: &Attributes,
+) -> Option<HashMap<MessageSystemAttributeNameForSends, MessageSystemAttributeValue>> {
+    let trace = original.get(TRACE_HEADER)?.string.as_deref()?;
+    let value = MessageSystemAttributeValue::builder()
+        .data_type("String")
+        .string_value(trace)
+        .build()
+        .ok()?;
+    Some(HashMap::from([(
+        MessageSystemAttributeNameForSends::AwsTraceHeader,
+        value,
+    )]))
 }
 
 /// The size SQS counts for a message: the body, and each attribute's name, data type and
@@ -184,6 +201,21 @@ fn to_sqs(value: &AttributeValue) -> Option<MessageAttributeValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trace_header_is_sent_as_the_system_attribute_not_a_message_attribute() {
+        let mut original = Attributes::new();
+        original.insert(TRACE_HEADER.into(), AttributeValue::string("Root=1-a-b"));
+        original.insert("kept".into(), AttributeValue::string("v"));
+        let attributes = attributes_for_sqs(&original, &[]);
+        assert_eq!(attributes.keys().collect::<Vec<_>>(), vec!["kept"]);
+        let system = trace_for_sqs(&original).expect("a trace header");
+        assert_eq!(
+            system[&MessageSystemAttributeNameForSends::AwsTraceHeader].string_value(),
+            Some("Root=1-a-b")
+        );
+        assert!(trace_for_sqs(&Attributes::new()).is_none());
+    }
 
     #[test]
     fn short_printable_context_ids_are_their_own_ids() {

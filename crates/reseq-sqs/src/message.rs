@@ -4,7 +4,7 @@
 use aws_lambda_events::event::sqs::SqsMessage;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use bytes::Bytes;
-use reseq_core::{AttributeValue, Attributes, Millis, RawMessage};
+use reseq_core::{AttributeValue, Attributes, Millis, RawMessage, TRACE_HEADER};
 
 /// A message received by the worker, with what it needs to delete or extend it later.
 #[derive(Clone, Debug)]
@@ -20,7 +20,8 @@ pub fn from_sdk(message: Message, received_at: Millis) -> Option<Received> {
     let mut system = message.attributes.unwrap_or_default();
     let group_id = system.remove(&MessageSystemAttributeName::MessageGroupId);
     let receive_count = receive_count(system.get(&MessageSystemAttributeName::ApproximateReceiveCount));
-    let attributes = message
+    let trace = system.remove(&MessageSystemAttributeName::AwsTraceHeader);
+    let mut attributes: Attributes = message
         .message_attributes
         .unwrap_or_default()
         .into_iter()
@@ -33,6 +34,7 @@ pub fn from_sdk(message: Message, received_at: Millis) -> Option<Received> {
             (name, attribute)
         })
         .collect();
+    keep_trace(&mut attributes, trace);
     let raw = RawMessage {
         message_id: message.message_id.unwrap_or_default(),
         body: Bytes::from(message.body.unwrap_or_default()),
@@ -50,9 +52,16 @@ fn receive_count(value: Option<&String>) -> u32 {
     value.and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
+/// Carries the X-Ray trace header with the message's attributes (see [`TRACE_HEADER`]).
+fn keep_trace(attributes: &mut Attributes, trace: Option<String>) {
+    if let Some(trace) = trace.filter(|t| !t.is_empty()) {
+        attributes.insert(TRACE_HEADER.to_string(), AttributeValue::string(trace));
+    }
+}
+
 /// Converts one record of a Lambda SQS event.
 pub fn from_lambda(record: &SqsMessage, received_at: Millis) -> RawMessage {
-    let attributes: Attributes = record
+    let mut attributes: Attributes = record
         .message_attributes
         .iter()
         .map(|(name, value)| {
@@ -64,6 +73,7 @@ pub fn from_lambda(record: &SqsMessage, received_at: Millis) -> RawMessage {
             (name.clone(), attribute)
         })
         .collect();
+    keep_trace(&mut attributes, record.attributes.get(TRACE_HEADER).cloned());
     RawMessage {
         message_id: record.message_id.clone().unwrap_or_default(),
         body: Bytes::from(record.body.clone().unwrap_or_default()),
@@ -77,6 +87,30 @@ pub fn from_lambda(record: &SqsMessage, received_at: Millis) -> RawMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trace_header_travels_with_the_attributes_from_either_source() {
+        let trace = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+        let record: SqsMessage = serde_json::from_value(serde_json::json!({
+            "messageId": "m-1",
+            "body": "x",
+            "attributes": {"AWSTraceHeader": trace},
+            "messageAttributes": {}
+        }))
+        .unwrap();
+        let raw = from_lambda(&record, Millis(5));
+        assert_eq!(raw.attributes[TRACE_HEADER].string.as_deref(), Some(trace));
+        let message = Message::builder()
+            .message_id("m-2")
+            .receipt_handle("r")
+            .body("x")
+            .attributes(MessageSystemAttributeName::AwsTraceHeader, trace)
+            .build();
+        let received = from_sdk(message, Millis(5)).unwrap();
+        assert_eq!(received.raw.attributes[TRACE_HEADER].string.as_deref(), Some(trace));
+        let none = from_sdk(Message::builder().receipt_handle("r").build(), Millis(5)).unwrap();
+        assert!(!none.raw.attributes.contains_key(TRACE_HEADER));
+    }
 
     #[test]
     fn a_lambda_record_keeps_id_body_attributes_and_group() {

@@ -52,11 +52,13 @@ use hyper::Uri;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use reseq_core::{AttributeValue, Attributes, Handler, HandlerError, Release};
+use reseq_core::{AttributeValue, Attributes, Handler, HandlerError, Release, TRACE_HEADER};
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use crate::ids::{MAX_MESSAGE_BYTES, attributes_for_sqs, fifo_dedup_id, fifo_group_id, message_size, sqs_allows};
+use crate::ids::{
+    MAX_MESSAGE_BYTES, attributes_for_sqs, fifo_dedup_id, fifo_group_id, message_size, sqs_allows, trace_for_sqs,
+};
 
 /// Where released messages go: the value of `--output`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -407,7 +409,8 @@ async fn send_to_queue(client: &Client, queue_url: &str, fifo: bool, msg: &Relea
         .send_message()
         .queue_url(queue_url)
         .message_body(body)
-        .set_message_attributes(Some(attributes));
+        .set_message_attributes(Some(attributes))
+        .set_message_system_attributes(trace_for_sqs(msg.attributes));
     if fifo {
         request = request
             .message_group_id(fifo_group_id(msg.context_id))
@@ -499,6 +502,10 @@ async fn post(
     }
     if msg.late {
         request = request.header("reseq-late", "true");
+    }
+    if let Some(trace) = msg.attributes.get(TRACE_HEADER).and_then(|a| a.string.as_deref()) {
+        // The X-Ray trace header of the input message, in the header X-Ray reads.
+        request = request.header("x-amzn-trace-id", header_value(trace));
     }
     let request = request
         .body(Full::new(msg.body.clone()))

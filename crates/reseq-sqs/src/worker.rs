@@ -267,6 +267,7 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Worker<S, C, H, D
                 .message_attribute_names("All")
                 .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
                 .customize()
                 .config_override(
                     aws_sdk_sqs::config::Builder::default().timeout_config(receive_timeouts(self.config.wait_time)),
