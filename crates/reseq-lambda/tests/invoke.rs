@@ -603,4 +603,34 @@ async fn a_scheduled_event_releases_what_waits_after_the_gap_timeout() {
     assert!(swept >= 1, "no context was due 15 s after a 1 s gap timeout");
     let got = receive(&setup.sqs, &setup.output, 2).await;
     assert_eq!(by_context(&got), BTreeMap::from([(e.clone(), vec![2, 3])]), "{got:?}");
+
+    // The function's metrics: EMF records on its stdout (what Lambda extracts), one per
+    // invocation, whose counters add up to what it did.
+    let log = std::fs::read_to_string(function.dir.path().join("function.log")).expect("the function's log");
+    let records: Vec<Value> = log
+        .lines()
+        .filter(|l| l.starts_with("{\"_aws\""))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("an EMF line that is not JSON ({err}): {l}")))
+        .collect();
+    let sum = |name: &str| -> f64 {
+        records
+            .iter()
+            .filter_map(|r| r.get(name))
+            .filter_map(Value::as_f64)
+            .sum()
+    };
+    assert_eq!(sum("Received"), 3.0, "{log}");
+    assert_eq!(sum("Released"), 3.0, "f1, then e2 and e3 after the gap: {log}");
+    assert_eq!(sum("GapsSkipped"), 1.0, "{log}");
+    assert!(sum("Sweeps") >= 1.0, "{log}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.get("OldestWaitingAge").is_some() && r.get("BlockedContexts").is_some()),
+        "the scheduled sweep's gauges: {log}"
+    );
+    assert!(
+        records.iter().all(|r| r["Service"] == "_"),
+        "Service is the function's name: {log}"
+    );
 }
