@@ -1,0 +1,118 @@
+//! The engine's settings: the policies users choose (`--late`, `--on-poison`), the
+//! lease, the retry backoff, and the deliberately broken variants the simulation runs.
+
+use super::*;
+
+/// What to do with a message whose position was skipped (`--late`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LatePolicy {
+    #[default]
+    DeadLetter,
+    Drop,
+    Deliver,
+}
+
+impl FromStr for LatePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "dlq" => Ok(LatePolicy::DeadLetter),
+            "drop" => Ok(LatePolicy::Drop),
+            "deliver" => Ok(LatePolicy::Deliver),
+            _ => Err(format!("{s:?} is not a late policy: use dlq, drop or deliver")),
+        }
+    }
+}
+
+/// What to do when the handler fails permanently or runs out of attempts (`--on-poison`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PoisonPolicy {
+    #[default]
+    Block,
+    Skip,
+}
+
+impl FromStr for PoisonPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "block" => Ok(PoisonPolicy::Block),
+            "skip" => Ok(PoisonPolicy::Skip),
+            _ => Err(format!("{s:?} is not a poison policy: use block or skip")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub first_seq: u64,
+    /// `None`: wait for a missing position forever.
+    pub gap_timeout: Option<Duration>,
+    pub late: LatePolicy,
+    /// Positions more than this far ahead of the cursor are held back (backpressure), so a
+    /// context never has more than this many messages waiting.
+    pub max_staged: u64,
+    pub retention: Duration,
+    pub max_attempts: u32,
+    pub on_poison: PoisonPolicy,
+    /// Take a per-context lease before releasing (several workers may see one context at
+    /// once: a standard queue, or FIFO with a group that is not the context). `None` when
+    /// the source already guarantees one consumer per context (FIFO, group = context).
+    pub lease: Option<LeaseConfig>,
+    /// A message held back by `max_staged` that has been received this many times
+    /// ([`Envelope::receive_count`]) is staged anyway, beyond the window: backpressure
+    /// must not keep a FIFO group blocked for good (the message that moves the cursor may
+    /// sit behind it in the same group), nor let the queue's redrive push a valid message
+    /// out. SQS sets it below the queue's `maxReceiveCount`; `None`: hold for ever.
+    pub stage_held_after: Option<u32>,
+}
+
+/// Who this worker is, and how long a lease it takes lasts without renewal. The duration
+/// must exceed the time one batch takes to release. Each engine call that takes a lease
+/// holds it as `<owner>/<n>`, unique within the engine: concurrent calls of one engine
+/// (a worker's receive loops, its sweep) exclude each other as other workers do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    pub owner: String,
+    pub duration: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            first_seq: 1,
+            gap_timeout: None,
+            late: LatePolicy::DeadLetter,
+            max_staged: 10_000,
+            retention: Duration::from_secs(14 * 86_400),
+            max_attempts: 5,
+            on_poison: PoisonPolicy::Block,
+            lease: None,
+            stage_held_after: None,
+        }
+    }
+}
+
+/// Retry delay after the `failures`-th failure: 1 s, doubling, capped at 60 s (SPEC §3).
+pub fn retry_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(6);
+    Duration::from_millis((1000u64 << doublings).min(60_000))
+}
+
+/// Deliberately broken variants of the engine (TigerBeetle's "the harness bites"): the
+/// system simulation runs each and must catch it within a few hundred seeds. Never set
+/// outside those tests; [`Mutation::None`] is the engine.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mutation {
+    #[default]
+    None,
+    /// The stranding fixes of issue 8 reverted: a failed lost-wakeup check (or a failure
+    /// after staging) settles the batch anyway, a copy does not trigger the check, and a
+    /// sweep's commit does not leave its context due.
+    NoStrandingRepair,
+    /// The lost-wakeup check always answers "nothing to do".
+    NoLostWakeupCheck,
+    /// The cursor is committed before the handler returns.
+    CommitBeforeHandler,
+}

@@ -1,0 +1,108 @@
+//! What the engine counts (atomics, no I/O): the metrics adapter reads [`Stats`].
+
+use super::*;
+
+/// Counters since the engine was created.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub received: u64,
+    pub released: u64,
+    pub staged: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+    pub late: u64,
+    pub gaps_skipped: u64,
+    pub positions_skipped: u64,
+    pub handler_retries: u64,
+    pub poison: u64,
+    pub blocked: u64,
+    pub expired: u64,
+    pub dead_lettered: u64,
+    pub held: u64,
+    pub contexts_forgotten: u64,
+    /// Messages held back by `max_staged` that came back `stage_held_after` times and
+    /// were staged beyond the window.
+    pub held_then_staged: u64,
+    /// Retryable failures while the target was out for every context: no attempt counted.
+    pub outage_retries: u64,
+    /// Expired waiting messages that could not be dead-lettered (retried with backoff).
+    pub expiry_failures: u64,
+    /// Lost-wakeup checks or drains that failed: the context's messages were given back
+    /// to the source so that a redelivery (or the sweep) looks again.
+    pub wakeups_failed: u64,
+    /// `dead_lettered`, by reason.
+    pub dead_lettered_by_reason: BTreeMap<Reason, u64>,
+    /// Handler calls that failed (retryable, permanent or rejected).
+    pub handler_errors: u64,
+    /// Messages not settled, by why: `held` is their sum.
+    pub held_capacity: u64,
+    pub held_busy: u64,
+    pub held_failed: u64,
+    /// Releases that found another worker holding the context's lease (they left the
+    /// release to it).
+    pub lease_conflicts: u64,
+    /// Leases taken from a holder whose lease had run out (a worker that died or stalled).
+    pub leases_taken_over: u64,
+}
+
+/// How long released messages waited, arrival to release, since the last
+/// [`Engine::take_release_latencies`]: at most [`LATENCY_SAMPLE`] values, plus the
+/// maximum and count of all of them, so that a long drain neither grows it without bound
+/// nor hides its worst case.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReleaseLatencies {
+    pub sample_ms: Vec<u64>,
+    pub count: u64,
+    pub max_ms: u64,
+}
+
+/// How many release latencies [`ReleaseLatencies`] keeps between two reads (the most one
+/// CloudWatch Embedded Metric Format record takes per metric).
+pub const LATENCY_SAMPLE: usize = 100;
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) received: AtomicU64,
+    pub(super) released: AtomicU64,
+    pub(super) staged: AtomicU64,
+    pub(super) duplicates: AtomicU64,
+    pub(super) conflicts: AtomicU64,
+    pub(super) late: AtomicU64,
+    pub(super) gaps_skipped: AtomicU64,
+    pub(super) positions_skipped: AtomicU64,
+    pub(super) handler_retries: AtomicU64,
+    pub(super) poison: AtomicU64,
+    pub(super) blocked: AtomicU64,
+    pub(super) expired: AtomicU64,
+    pub(super) dead_lettered: AtomicU64,
+    pub(super) held: AtomicU64,
+    pub(super) contexts_forgotten: AtomicU64,
+    pub(super) held_then_staged: AtomicU64,
+    pub(super) outage_retries: AtomicU64,
+    pub(super) expiry_failures: AtomicU64,
+    pub(super) wakeups_failed: AtomicU64,
+    pub(super) dead_lettered_by: [AtomicU64; Reason::ALL.len()],
+    pub(super) handler_errors: AtomicU64,
+    pub(super) held_capacity: AtomicU64,
+    pub(super) held_busy: AtomicU64,
+    pub(super) held_failed: AtomicU64,
+    pub(super) lease_conflicts: AtomicU64,
+    pub(super) leases_taken_over: AtomicU64,
+    pub(super) latencies: Mutex<ReleaseLatencies>,
+}
+
+impl Counters {
+    pub(super) fn released_after(&self, waited: Duration) {
+        bump(&self.released);
+        let mut latencies = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        latencies.count += 1;
+        latencies.max_ms = latencies.max_ms.max(waited.0);
+        if latencies.sample_ms.len() < LATENCY_SAMPLE {
+            latencies.sample_ms.push(waited.0);
+        }
+    }
+}
+
+pub(super) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
