@@ -25,6 +25,7 @@ pub mod fuzzing;
 pub mod handler;
 pub mod memory;
 pub mod reason;
+pub mod sequences;
 pub mod store;
 pub mod testing;
 pub mod time;
