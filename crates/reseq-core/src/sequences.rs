@@ -189,6 +189,17 @@ impl MessageType {
         }
     }
 
+    /// Whether `key` is this type's [`key`](MessageType::key) (without building it).
+    pub fn has_key(&self, key: &str) -> bool {
+        match &self.sub_type {
+            None => key == self.type_name,
+            Some(sub) => key
+                .strip_prefix(self.type_name.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|rest| rest == sub),
+        }
+    }
+
     /// Whether a message of this type may be released, given the processed keys.
     pub fn ready(&self, processed: &impl Fn(&str) -> bool) -> bool {
         self.release_condition.as_ref().is_none_or(|c| c.holds(processed))
@@ -203,7 +214,7 @@ impl MessageType {
 impl Sequence {
     /// The message type of this sequence with that key.
     pub fn message(&self, key: &str) -> Option<&MessageType> {
-        self.messages.iter().find(|m| m.key() == key)
+        self.messages.iter().find(|m| m.has_key(key))
     }
 
     /// Whether every type of the sequence was processed: its instance closes.

@@ -223,6 +223,46 @@ fn optional_fields_may_be_left_empty_and_quoted_values_are_text() {
 }
 
 #[test]
+fn windows_line_endings_keep_the_line_numbers() {
+    let text = yaml(
+        "
+        sequences:
+          - name: a
+            messages:
+              - type: A
+              - type: B
+                releaseCondition: { predecessor: C }
+        ",
+    )
+    .replace('\n', "\r\n");
+    assert_refused!(text, UnknownPredecessor, 6, "predecessor C of B");
+    assert!(load("x.yaml", &text.replace("C }", "A }")).is_ok());
+}
+
+#[test]
+fn a_key_names_the_type_and_its_sub_type() {
+    let m = |sub: Option<&str>| MessageType {
+        type_name: "RefundDecision".into(),
+        sub_type: sub.map(Into::into),
+        context_path: None,
+        context_attr: None,
+        release_condition: None,
+    };
+    assert_eq!(m(None).key(), "RefundDecision");
+    assert_eq!(m(Some("approved")).key(), "RefundDecision/approved");
+    for (entry, key, has) in [
+        (m(None), "RefundDecision", true),
+        (m(None), "RefundDecision/approved", false),
+        (m(Some("approved")), "RefundDecision/approved", true),
+        (m(Some("approved")), "RefundDecision", false),
+        (m(Some("approved")), "RefundDecision/rejected", false),
+        (m(Some("approved")), "RefundDecisionapproved", false),
+    ] {
+        assert_eq!(entry.has_key(key), has, "{entry:?} has key {key}");
+    }
+}
+
+#[test]
 fn conditions_nest_and_say_what_they_wait_for() {
     let p = |k: &str| Condition::Predecessor(k.into());
     let c = Condition::Or(vec![Condition::And(vec![p("A"), p("B")]), p("C")]);
