@@ -74,6 +74,9 @@ pub struct Envelope {
     pub is_final: bool,
     /// As [`RawMessage::receive_count`].
     pub receive_count: u32,
+    /// The message's type key, for a typed sequence (SPEC §5); `None` for a numeric one.
+    /// A typed message's `seq` is the hash of its idempotence id.
+    pub message_type: Option<String>,
 }
 
 impl Envelope {
@@ -88,6 +91,7 @@ impl Envelope {
             received_at: Millis(0),
             is_final: false,
             receive_count: 0,
+            message_type: None,
         }
     }
 

@@ -40,6 +40,39 @@ pub struct Extractor {
     /// JSON Pointer to a boolean (or `"true"`) that marks the last message of a context.
     pub final_path: Option<String>,
     pub max_body_bytes: usize,
+    /// Typed sequences (SPEC §5): where a message's type and idempotence id come from.
+    /// With it, every message is typed; without it, every message is numeric.
+    pub typed: Option<TypedExtraction>,
+}
+
+/// Where a typed message's type, context and idempotence id come from (SPEC §5).
+#[derive(Clone, Debug)]
+pub struct TypedExtraction {
+    pub sequences: std::sync::Arc<crate::sequences::SequenceFile>,
+    /// Message attribute holding the type (`--type-attr`, default `messageType`).
+    pub type_attr: String,
+    /// JSON Pointer to the type in the body (`--type-path`), when the attribute is absent.
+    pub type_path: Option<String>,
+    /// Message attribute holding the idempotence id (`--id-attr`).
+    pub id_attr: Option<String>,
+    /// JSON Pointer to the idempotence id in the body (`--id-path`).
+    pub id_path: Option<String>,
+    /// Without `id_attr`/`id_path`, the body is the id (`reseq run`: a line's content)
+    /// instead of the source's message id (SQS `MessageId`).
+    pub id_is_body: bool,
+}
+
+impl TypedExtraction {
+    pub fn new(sequences: std::sync::Arc<crate::sequences::SequenceFile>) -> TypedExtraction {
+        TypedExtraction {
+            sequences,
+            type_attr: "messageType".into(),
+            type_path: None,
+            id_attr: None,
+            id_path: None,
+            id_is_body: false,
+        }
+    }
 }
 
 impl Default for Extractor {
@@ -53,6 +86,7 @@ impl Default for Extractor {
             final_attr: "final".into(),
             final_path: None,
             max_body_bytes: SQS_MAX_BODY_BYTES,
+            typed: None,
         }
     }
 }
@@ -74,6 +108,10 @@ impl Extractor {
                 format!("body is {} bytes; the limit is {}", raw.body.len(), self.max_body_bytes),
             ));
         }
+        if let Some(typed) = &self.typed {
+            let body = raw.body.clone();
+            return self.extract_typed(typed, raw, &LazyJson::new(&body));
+        }
         let json = LazyJson::new(&raw.body);
         let context_id = self.context_id(&raw, &json)?;
         let seq = self.seq(&raw, &json)?;
@@ -87,6 +125,88 @@ impl Extractor {
             received_at: raw.received_at,
             is_final,
             receive_count: raw.receive_count,
+            message_type: None,
+        })
+    }
+
+    /// A typed message: its type key, its instance (`<sequence>/<context id>`), and its
+    /// position, the hash of its idempotence id. A type in no sequence, or a message with
+    /// no context id, gets an empty context: the engine hands it over at once.
+    fn extract_typed(&self, typed: &TypedExtraction, raw: RawMessage, json: &LazyJson) -> Result<Envelope, Rejection> {
+        let message_type = match raw.attributes.get(&typed.type_attr) {
+            Some(attr) => attr_text(attr).map(str::to_string),
+            None => match &typed.type_path {
+                Some(path) => match json.pointer(path)? {
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    _ => None,
+                },
+                None => None,
+            },
+        };
+        let Some(message_type) = message_type.filter(|t| !t.is_empty()) else {
+            let mut places = vec![format!("attribute {}", typed.type_attr)];
+            if let Some(p) = &typed.type_path {
+                places.push(format!("body field {p}"));
+            }
+            return Err(Rejection::new(
+                Reason::MissingType,
+                format!("no message type in {}", places.join(", ")),
+            ));
+        };
+        let context_id = match typed.sequences.find(&message_type) {
+            None => String::new(),
+            Some((sequence, kind)) => {
+                let own = match (&kind.context_attr, &kind.context_path) {
+                    (Some(attr), _) if raw.attributes.contains_key(attr) => {
+                        let text = raw.attributes.get(attr).and_then(attr_text).unwrap_or_default();
+                        Some(checked_context_id(text.to_string(), attr)?)
+                    }
+                    (_, Some(path)) => match json.pointer(path)? {
+                        Some(serde_json::Value::String(s)) => Some(checked_context_id(s.clone(), path)?),
+                        Some(serde_json::Value::Number(n)) => Some(checked_context_id(n.to_string(), path)?),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let context = match own {
+                    Some(c) => Some(c),
+                    None => match self.context_id(&raw, json) {
+                        Ok(c) => Some(c),
+                        Err(r) if r.reason == Reason::MissingContextId => None,
+                        Err(r) => return Err(r),
+                    },
+                };
+                context.map_or_else(String::new, |c| format!("{}/{c}", sequence.name))
+            }
+        };
+        let id: Vec<u8> = if let Some(attr) = typed.id_attr.as_ref().and_then(|a| raw.attributes.get(a)) {
+            attr_text(attr).unwrap_or_default().as_bytes().to_vec()
+        } else if let Some(path) = &typed.id_path {
+            match json.pointer(path)? {
+                Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
+                Some(other) if !other.is_null() => other.to_string().into_bytes(),
+                _ => {
+                    return Err(Rejection::new(
+                        Reason::InvalidJson,
+                        format!("no idempotence id at {path}"),
+                    ));
+                }
+            }
+        } else if typed.id_is_body {
+            raw.body.to_vec()
+        } else {
+            raw.message_id.as_bytes().to_vec()
+        };
+        Ok(Envelope {
+            context_id,
+            seq: crate::envelope::body_hash(&id),
+            message_id: raw.message_id,
+            body: raw.body,
+            attributes: raw.attributes,
+            received_at: raw.received_at,
+            is_final: false,
+            receive_count: raw.receive_count,
+            message_type: Some(message_type),
         })
     }
 

@@ -12,6 +12,7 @@
 //! Writes become durable at [`StagingStore::flush`]; a store that writes through makes
 //! it a no-op. Callers acknowledge a message to its source only after a flush.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use bytes::Bytes;
@@ -119,6 +120,34 @@ pub struct ContextState {
     /// What operators did to this context, newest last (at most [`OPERATOR_LOG`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub operator_log: Vec<OperatorAction>,
+    /// An instance of a typed sequence (SPEC §5) keeps its processed and waiting types
+    /// here; `None` for a numeric context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typed: Option<TypedState>,
+}
+
+/// The state of one instance of a typed sequence: which types were processed, and which
+/// messages wait for their release condition, in arrival order. A waiting message is
+/// staged at the position of its idempotence id's hash (see `Envelope::seq`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypedState {
+    pub sequence: String,
+    /// Processed type keys, each with the hash of its message's idempotence id (a second
+    /// message of the type is a duplicate if the hash matches, else a conflict).
+    #[serde(default)]
+    pub processed: BTreeMap<String, u64>,
+    /// Messages waiting for their release condition, in arrival order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<TypedWaiting>,
+}
+
+/// One message of a typed instance waiting for its release condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypedWaiting {
+    pub type_key: String,
+    /// Where it is staged: the hash of its idempotence id.
+    pub seq: u64,
+    pub received_at: Millis,
 }
 
 /// How many operator actions a context's state keeps.
@@ -153,6 +182,7 @@ impl ContextState {
             expiry_retry: None,
             pending_skip: None,
             operator_log: Vec::new(),
+            typed: None,
         }
     }
 

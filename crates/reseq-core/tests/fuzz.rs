@@ -133,6 +133,7 @@ fn extractor() -> impl Strategy<Value = Extractor> {
                 final_attr: "final".into(),
                 final_path,
                 max_body_bytes: max,
+                typed: None,
             },
         )
 }

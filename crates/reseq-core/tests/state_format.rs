@@ -3,7 +3,7 @@
 //! tests pin the format: a full state serializes to exactly this text, and rows written by
 //! earlier versions (fewer fields) still read as what they meant.
 
-use reseq_core::store::{Blocked, ExpiryRetry, Lease, OperatorAction, RetryState};
+use reseq_core::store::{Blocked, ExpiryRetry, Lease, OperatorAction, RetryState, TypedState, TypedWaiting};
 use reseq_core::{ContextState, Millis, SeqRange};
 
 fn full() -> ContextState {
@@ -46,6 +46,7 @@ fn full() -> ContextState {
             reason: "never sent".into(),
             detail: "positions 12..=14 to be skipped".into(),
         }],
+        typed: None,
     }
 }
 
@@ -64,6 +65,26 @@ fn a_fresh_state_stores_only_what_it_has() {
         serde_json::to_string(&fresh).unwrap(),
         r#"{"next":1,"last_released":null,"version":0,"updated_at":0}"#
     );
+}
+
+#[test]
+fn a_typed_instance_is_stored_as_exactly_this_json() {
+    let typed = ContextState {
+        next: 0,
+        typed: Some(TypedState {
+            sequence: "order-lifecycle".into(),
+            processed: [("OrderCreated".to_string(), 42u64)].into(),
+            waiting: vec![TypedWaiting {
+                type_key: "OrderShipped".into(),
+                seq: 7,
+                received_at: Millis(3),
+            }],
+        }),
+        ..ContextState::new(0)
+    };
+    let json = r#"{"next":0,"last_released":null,"version":0,"updated_at":0,"typed":{"sequence":"order-lifecycle","processed":{"OrderCreated":42},"waiting":[{"type_key":"OrderShipped","seq":7,"received_at":3}]}}"#;
+    assert_eq!(serde_json::to_string(&typed).unwrap(), json);
+    assert_eq!(serde_json::from_str::<ContextState>(json).unwrap(), typed);
 }
 
 /// A row as reseq wrote it before the operator commands (no `pending_skip`, no

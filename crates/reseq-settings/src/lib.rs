@@ -67,6 +67,7 @@ impl OrderingArgs {
             on_poison: self.on_poison,
             lease: None,
             stage_held_after: None,
+            sequences: None,
         }
     }
 }

@@ -28,7 +28,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             let msg = StagedMessage::from_envelope(env);
             tracing::warn!(context_id = %work.context_id, seq, message_id = %msg.message_id, "position below --first-seq: dead-lettered");
             outcomes[index] = self
-                .dead_letter(work, &msg, Reason::InvalidSequence, &detail, dlq)
+                .dead_letter(&work.context_id, &msg, Reason::InvalidSequence, &detail, dlq)
                 .await;
             return Ok(());
         }
@@ -37,7 +37,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             let msg = StagedMessage::from_envelope(env);
             bump(&self.counters.late);
             tracing::warn!(decision = "late", context_id = %work.context_id, seq, message_id = %msg.message_id, final_seq, "after the final position: late");
-            outcomes[index] = self.dead_letter(work, &msg, Reason::Late, &detail, dlq).await;
+            outcomes[index] = self
+                .dead_letter(&work.context_id, &msg, Reason::Late, &detail, dlq)
+                .await;
             return Ok(());
         }
         if seq < work.state.next {
@@ -140,7 +142,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             "context {} position {} arrived again with a different body; the first copy wins",
             work.context_id, msg.seq
         );
-        self.dead_letter(work, msg, Reason::Conflict, &detail, dlq).await
+        self.dead_letter(&work.context_id, msg, Reason::Conflict, &detail, dlq)
+            .await
     }
 
     pub(super) async fn late<H: Handler, D: DeadLetterSink>(
@@ -159,7 +162,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                     "context {} position {} was skipped after the gap timeout",
                     work.context_id, msg.seq
                 );
-                self.dead_letter(work, &msg, Reason::Late, &detail, dlq).await
+                self.dead_letter(&work.context_id, &msg, Reason::Late, &detail, dlq)
+                    .await
             }
             LatePolicy::Deliver => {
                 let release = Release {
@@ -184,7 +188,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                     Err(HandlerError::Retryable(e)) => Outcome::Held(Hold::Failed(format!("handler: {e}"))),
                     Err(HandlerError::Permanent(e) | HandlerError::Rejected(e)) => {
                         bump(&self.counters.poison);
-                        self.dead_letter(work, &msg, Reason::HandlerFailed, &e, dlq).await
+                        self.dead_letter(&work.context_id, &msg, Reason::HandlerFailed, &e, dlq)
+                            .await
                     }
                 }
             }
@@ -193,14 +198,14 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
 
     pub(super) async fn dead_letter<D: DeadLetterSink>(
         &self,
-        work: &Work,
+        context_id: &str,
         msg: &StagedMessage,
         reason: Reason,
         detail: &str,
         dlq: &D,
     ) -> Outcome {
         let letter = DeadLetter {
-            context_id: &work.context_id,
+            context_id,
             seq: msg.seq,
             message_id: &msg.message_id,
             body: &msg.body,
@@ -214,7 +219,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 bump(&self.counters.dead_lettered_by[reason as usize]);
                 tracing::warn!(
                     decision = "dead-lettered",
-                    context_id = %work.context_id,
+                    context_id = %context_id,
                     seq = msg.seq,
                     message_id = %msg.message_id,
                     reason = %reason,
@@ -226,7 +231,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             Err(e) => {
                 tracing::warn!(
                     decision = "dead-letter-failed",
-                    context_id = %work.context_id,
+                    context_id = %context_id,
                     seq = msg.seq,
                     message_id = %msg.message_id,
                     reason = %reason,

@@ -52,7 +52,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                             p.msg.body.len()
                         );
                         tracing::warn!(context_id = %work.context_id, seq = p.msg.seq, message_id = %p.msg.message_id, "too large to stage: dead-lettered, its position is skipped");
-                        outcomes[p.index] = self.dead_letter(&work, &p.msg, Reason::TooLarge, &detail, dlq).await;
+                        outcomes[p.index] = self
+                            .dead_letter(&work.context_id, &p.msg, Reason::TooLarge, &detail, dlq)
+                            .await;
                         if outcomes[p.index].is_settled() {
                             // A dead-lettered position must not leave a hole the cursor can
                             // never pass: it is recorded like a skipped one.
@@ -75,7 +77,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                             work.context_id, p.msg.seq
                         );
                         tracing::warn!(decision = "conflict", context_id = %work.context_id, seq = p.msg.seq, message_id = %p.msg.message_id, "a copy with a different body was staged first: the first copy wins, this one is dead-lettered");
-                        outcomes[p.index] = self.dead_letter(&work, &p.msg, Reason::Conflict, &detail, dlq).await;
+                        outcomes[p.index] = self
+                            .dead_letter(&work.context_id, &p.msg, Reason::Conflict, &detail, dlq)
+                            .await;
                     }
                     Err(err) => {
                         outcomes[p.index] = Outcome::Held(Hold::Failed(err.to_string()));

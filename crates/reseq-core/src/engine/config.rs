@@ -59,6 +59,9 @@ pub struct EngineConfig {
     /// once: a standard queue, or FIFO with a group that is not the context). `None` when
     /// the source already guarantees one consumer per context (FIFO, group = context).
     pub lease: Option<LeaseConfig>,
+    /// The typed sequences (SPEC §5), when `--sequences` is given: messages with a
+    /// `message_type` are ordered by their release conditions instead of by position.
+    pub sequences: Option<std::sync::Arc<crate::sequences::SequenceFile>>,
     /// A message held back by `max_staged` that has been received this many times
     /// ([`Envelope::receive_count`]) is staged anyway, beyond the window: backpressure
     /// must not keep a FIFO group blocked for good (the message that moves the cursor may
@@ -89,6 +92,7 @@ impl Default for EngineConfig {
             on_poison: PoisonPolicy::Block,
             lease: None,
             stage_held_after: None,
+            sequences: None,
         }
     }
 }

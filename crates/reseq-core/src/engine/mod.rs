@@ -33,6 +33,7 @@ mod outcome;
 mod release;
 mod stats;
 mod timers;
+mod typed;
 mod window;
 mod work;
 
@@ -202,6 +203,11 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         drop(first_seen);
         for ((index, env), slot) in batch.into_iter().enumerate().zip(slots) {
             bump(&self.counters.received);
+            if env.message_type.is_some() && self.typed_route(&env).is_none() {
+                // A type in no sequence, or no context id: handled at once (SPEC §5).
+                outcomes[index] = self.pass_through(env, handler, dlq).await;
+                continue;
+            }
             let work = match &mut works[slot] {
                 Some(work) => work,
                 empty => empty.insert(self.load(&env.context_id, deadline).await),
@@ -211,7 +217,13 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 outcomes[index] = Outcome::Held(Hold::Failed(err.clone()));
                 continue;
             }
-            if let Err(err) = self.accept(work, index, env, now, handler, dlq, &mut outcomes).await {
+            let accepted = if env.message_type.is_some() {
+                self.accept_typed(work, index, env, now, handler, dlq, &mut outcomes)
+                    .await
+            } else {
+                self.accept(work, index, env, now, handler, dlq, &mut outcomes).await
+            };
+            if let Err(err) = accepted {
                 outcomes[index] = Outcome::Held(Hold::Failed(err.to_string()));
                 work.failed = Some(err.to_string());
             }

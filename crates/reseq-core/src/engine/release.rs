@@ -14,6 +14,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         dlq: &D,
         outcomes: &mut [Outcome],
     ) -> Result<(), StoreError> {
+        if work.state.typed.is_some() {
+            return self.advance_typed(work, now, handler, dlq, outcomes).await;
+        }
         if work.state.pending_skip.is_some() && !self.apply_skip(work, now, handler, dlq, outcomes).await? {
             return Ok(());
         }
@@ -149,7 +152,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 // help, so it goes to the DLQ under either poison policy.
                 tracing::warn!(context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, error = %e, "the target rejects this message for good: dead-lettered");
                 let detail = format!("the target rejected the message: {e}");
-                let outcome = self.dead_letter(work, &msg, Reason::HandlerFailed, &detail, dlq).await;
+                let outcome = self
+                    .dead_letter(&work.context_id, &msg, Reason::HandlerFailed, &detail, dlq)
+                    .await;
                 if outcome.is_settled() {
                     bump(&self.counters.poison);
                     self.move_past(work, msg.seq);
@@ -185,7 +190,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         let attempts = failures + 1;
         if self.config.on_poison == PoisonPolicy::Skip {
             let detail = format!("handler failed after {attempts} attempt(s): {error}");
-            let outcome = self.dead_letter(work, &msg, Reason::HandlerFailed, &detail, dlq).await;
+            let outcome = self
+                .dead_letter(&work.context_id, &msg, Reason::HandlerFailed, &detail, dlq)
+                .await;
             if outcome.is_settled() {
                 self.move_past(work, msg.seq);
                 if let Some(i) = source.index() {
@@ -282,7 +289,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         let pending = std::mem::replace(&mut work.pending, SeqMap::new());
         for (seq, p) in pending.entries {
             bump(&self.counters.late);
-            outcomes[p.index] = self.dead_letter(work, &p.msg, Reason::Late, &detail(seq), dlq).await;
+            outcomes[p.index] = self
+                .dead_letter(&work.context_id, &p.msg, Reason::Late, &detail(seq), dlq)
+                .await;
             tracing::warn!(decision = "late", context_id = %work.context_id, seq, message_id = %p.msg.message_id, final_seq, outcome = ?outcomes[p.index], "after the final position: late");
         }
         let mut kept = SeqMap::new();
@@ -296,7 +305,9 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                     continue;
                 }
                 bump(&self.counters.late);
-                let outcome = self.dead_letter(work, &msg, Reason::Late, &detail(msg.seq), dlq).await;
+                let outcome = self
+                    .dead_letter(&work.context_id, &msg, Reason::Late, &detail(msg.seq), dlq)
+                    .await;
                 tracing::warn!(decision = "late", context_id = %work.context_id, seq = msg.seq, message_id = %msg.message_id, final_seq, ?outcome, "waited beyond the final position: late (kept staged if the DLQ refused it)");
                 if outcome.is_settled() {
                     work.remove_staged.push(msg.seq);

@@ -125,7 +125,10 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                         "context {} position {} waited longer than the retention ({})",
                         work.context_id, msg.seq, self.config.retention
                     );
-                    match self.dead_letter(work, msg, Reason::Expired, &detail, dlq).await {
+                    match self
+                        .dead_letter(&work.context_id, msg, Reason::Expired, &detail, dlq)
+                        .await
+                    {
                         Outcome::Held(hold) => last_error = format!("{hold:?}"),
                         _ => {
                             bump(&self.counters.expired);
@@ -183,6 +186,12 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             });
             work.dirty = true;
         }
+        if let Some(typed) = work.state.typed.as_mut() {
+            // Dead-lettered (expired) waiting messages no longer wait in the instance.
+            let removed = &work.remove_staged;
+            typed.waiting.retain(|w| !removed.contains(&w.seq));
+            remaining.oldest_received_at = typed.waiting.iter().map(|w| w.received_at).min();
+        }
         work.view = StoreView::empty();
         for seq in &work.remove_staged {
             work.view.items.remove(*seq);
@@ -204,6 +213,15 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
     /// gets it (one state write when a gap opens, none for later arrivals into the same
     /// gap); one whose cursor moved gets it worked out again.
     pub(super) async fn note_waiting(&self, work: &mut Work, staged_since: Option<Millis>) -> Result<(), StoreError> {
+        if let Some(typed) = &work.state.typed {
+            // A typed instance lists what waits in its state.
+            let since = typed.waiting.iter().map(|w| w.received_at).min();
+            if since != work.state.waiting_since {
+                work.state.waiting_since = since;
+                work.dirty = true;
+            }
+            return Ok(());
+        }
         // A lease holder asks the store too: other workers may have staged meanwhile.
         let since = if work.state.next != work.start_next || work.leased {
             let stored = self.oldest_waiting(work, true).await?;
