@@ -97,6 +97,10 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
         context_path: "/contextId".into(),
         seq_path: "/sequence".into(),
         final_path: None,
+        sequences: None,
+        type_path: "/messageType".into(),
+        id_path: None,
+        loaded_sequences: None,
         ordering: OrderingArgs {
             first_seq: 1,
             gap_timeout: None,

@@ -50,6 +50,23 @@ pub struct RunArgs {
     /// JSON Pointer to a boolean that marks the last message of a context. Default: none.
     #[arg(long, env = "RESEQ_FINAL_PATH", value_name = "POINTER")]
     pub final_path: Option<String>,
+    /// Typed sequences (SPEC §5): a YAML sequence file; lines are then ordered by their type's release condition.
+    #[arg(long, env = "RESEQ_SEQUENCES", value_name = "FILE")]
+    pub sequences: Option<PathBuf>,
+    /// With --sequences: JSON Pointer to each line's message type.
+    #[arg(
+        long,
+        env = "RESEQ_TYPE_PATH",
+        default_value = "/messageType",
+        value_name = "POINTER"
+    )]
+    pub type_path: String,
+    /// With --sequences: JSON Pointer to each line's idempotence id. Default: the line's content.
+    #[arg(long, env = "RESEQ_ID_PATH", value_name = "POINTER")]
+    pub id_path: Option<String>,
+    /// The loaded --sequences file (checked at start).
+    #[arg(skip)]
+    pub loaded_sequences: Option<std::sync::Arc<reseq_core::sequences::SequenceFile>>,
     #[command(flatten)]
     pub ordering: OrderingArgs,
 }
@@ -65,7 +82,26 @@ const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const SAVE_AFTER_LINES: u64 = 100_000;
 
-pub fn main(args: RunArgs) -> Result<ExitCode> {
+pub fn main(mut args: RunArgs) -> Result<ExitCode> {
+    if let Some(path) = &args.sequences {
+        match load_sequences(path) {
+            Ok(file) => args.loaded_sequences = Some(file),
+            Err(line) => {
+                eprintln!("reseq: {line}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    let typed_pointers = [
+        ("--type-path", Some(&args.type_path)),
+        ("--id-path", args.id_path.as_ref()),
+    ];
+    for (flag, pointer) in typed_pointers.into_iter().filter_map(|(f, p)| p.map(|p| (f, p))) {
+        if !pointer.starts_with('/') {
+            eprintln!("reseq: invalid value '{pointer}' for '{flag}': a JSON Pointer starts with '/', e.g. /type");
+            return Ok(ExitCode::from(2));
+        }
+    }
     for (flag, pointer) in [("--context-path", &args.context_path), ("--seq-path", &args.seq_path)] {
         if !pointer.is_empty() && !pointer.starts_with('/') {
             eprintln!("reseq: invalid value '{pointer}' for '{flag}': a JSON Pointer starts with '/', e.g. /orderId");
@@ -152,12 +188,26 @@ pub fn execute<S: StagingStore + 'static>(
     let started = Instant::now();
     let extractor = Extractor {
         final_path: args.final_path.clone(),
+        typed: args
+            .loaded_sequences
+            .clone()
+            .map(|sequences| reseq_core::extract::TypedExtraction {
+                type_path: Some(args.type_path.clone()),
+                id_path: args.id_path.clone(),
+                // A line's content is its idempotence id unless --id-path says otherwise.
+                id_is_body: true,
+                ..reseq_core::extract::TypedExtraction::new(sequences)
+            }),
         ..Extractor::for_json_lines(&args.context_path, &args.seq_path)
     };
     // Without a state file the store lives in memory: what still waits at the end is lost
     // unless it is written to the DLQ file, so remember which contexts were seen.
     let in_memory = (&store as &dyn std::any::Any).is::<MemoryStore>();
-    let engine = Engine::new(store, SystemClock, args.ordering.engine_config());
+    let config = reseq_core::EngineConfig {
+        sequences: args.loaded_sequences.clone(),
+        ..args.ordering.engine_config()
+    };
+    let engine = Engine::new(store, SystemClock, config);
     let handler = LineWriter {
         out: Mutex::new(BufWriter::with_capacity(1 << 20, output)),
         error: Mutex::new(None),
@@ -270,6 +320,20 @@ pub fn execute<S: StagingStore + 'static>(
     Ok(report)
 }
 
+/// Reads and checks a `--sequences` file: one line naming the file, the line and the fix
+/// when it is not right (SPEC §5).
+fn load_sequences(path: &std::path::Path) -> Result<std::sync::Arc<reseq_core::sequences::SequenceFile>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "invalid value '{}' for '--sequences': cannot read it: {e}",
+            path.display()
+        )
+    })?;
+    reseq_core::sequences::load(&path.display().to_string(), &text)
+        .map(std::sync::Arc::new)
+        .map_err(|e| format!("--sequences: {e}"))
+}
+
 /// Writes every message still staged (waiting) in an in-memory store to the DLQ file as
 /// `unreleased`: the store is about to vanish with the process. Returns how many.
 async fn dead_letter_waiting<S: StagingStore>(
@@ -282,11 +346,9 @@ async fn dead_letter_waiting<S: StagingStore>(
     let first_seq = engine.config().first_seq;
     let mut count = 0;
     for context in contexts {
-        let next = store
-            .load(context)
-            .await
-            .context("cannot read the state")?
-            .map_or(first_seq, |state| state.next);
+        let state = store.load(context).await.context("cannot read the state")?;
+        let typed = state.as_ref().is_some_and(|s| s.typed.is_some());
+        let next = state.map_or(first_seq, |state| state.next);
         let mut from = next;
         loop {
             let page = store
@@ -295,11 +357,19 @@ async fn dead_letter_waiting<S: StagingStore>(
                 .context("cannot read the state")?;
             for msg in &page {
                 count += 1;
-                let detail = format!(
-                    "position {} was still waiting for position {next} of its context when the input ended; \
-                     without --state nothing is kept (use --state FILE to keep waiting lines for a later run)",
-                    msg.seq
-                );
+                let detail = if typed {
+                    format!(
+                        "instance {context} was still waiting for this message's release condition when the input \
+                         ended; without --state nothing is kept (use --state FILE to keep waiting lines for a later \
+                         run)"
+                    )
+                } else {
+                    format!(
+                        "position {} was still waiting for position {next} of its context when the input ended; \
+                         without --state nothing is kept (use --state FILE to keep waiting lines for a later run)",
+                        msg.seq
+                    )
+                };
                 dlq.buffer(line_number(&msg.message_id), Reason::Unreleased, &detail, &msg.body);
             }
             match page.last() {
