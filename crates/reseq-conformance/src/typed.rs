@@ -27,6 +27,12 @@ sequences:
       - type: OrderCancelled
         releaseCondition:
           or: [ { predecessor: OrderPaid }, { predecessor: OrderCreated } ]
+  - name: refunds
+    retention: 2h
+    messages:
+      - type: RefundRequested
+      - type: RefundPaid
+        releaseCondition: { predecessor: RefundRequested }
   - name: migration
     recordingUntil: 2100-01-01T00:00:00Z
     messages:
@@ -178,6 +184,23 @@ pub async fn typed_waiting_messages_expire_to_the_dlq<S: StagingStore>(store: S)
     let state = engine.store().load(&instance).await.unwrap();
     assert!(state.and_then(|s| s.typed).is_none_or(|t| t.waiting.is_empty()));
     assert!(bodies(&handler, &instance).is_empty());
+}
+
+/// A sequence's own `retention` (here 2h) wins over the engine's (1h).
+pub async fn typed_retention_is_the_sequences_own<S: StagingStore>(store: S) {
+    let (engine, clock) = engine(store);
+    let (handler, dlq) = (RecordingHandler::new(), RecordingDlq::new());
+    let run = crate::ctx("typed-retention");
+    let instance = format!("refunds/{run}");
+    let paid = msg(&clock, "refunds", &run, "RefundPaid", "p");
+    assert_eq!(engine.process(vec![paid], &handler, &dlq).await, vec![Outcome::Staged]);
+    let mine = |dlq: &RecordingDlq| dlq.letters().iter().filter(|l| l.context_id == instance).count();
+    clock.advance(Duration::from_secs(3601));
+    engine.sweep(&handler, &dlq, 1000).await.expect("sweep");
+    assert_eq!(mine(&dlq), 0, "still within the sequence's 2h");
+    clock.advance(Duration::from_secs(3600));
+    engine.sweep(&handler, &dlq, 1000).await.expect("sweep");
+    assert_eq!(mine(&dlq), 1, "expired after the sequence's 2h");
 }
 
 /// For any arrival order of one instance's five types, every release respects its

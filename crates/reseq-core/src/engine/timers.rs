@@ -46,10 +46,20 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         Ok(first.first().map(|m| m.received_at))
     }
 
+    /// How long this context's records are kept: its typed sequence's `retention` (SPEC
+    /// §5), else `--retention`.
+    pub(super) fn retention_of(&self, state: &ContextState) -> Duration {
+        let sequence = state.typed.as_ref().and_then(|typed| {
+            let file = self.config.sequences.as_deref()?;
+            file.sequences.iter().find(|s| s.name == typed.sequence)
+        });
+        sequence.and_then(|s| s.retention).unwrap_or(self.config.retention)
+    }
+
     /// When a sweep must look at this context next: a handler retry, a gap timeout, a
     /// waiting message reaching the retention, or the state itself reaching it.
     pub(super) fn due_at(&self, state: &ContextState) -> Millis {
-        let retention = self.config.retention;
+        let retention = self.retention_of(state);
         // The retention timer is rounded up to a hundredth of the retention, so that it
         // stays the same across the commits of a busy context: an index entry whose key
         // does not change costs nothing to keep (DynamoDB charges a changed GSI key twice).
@@ -105,7 +115,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         dlq: &D,
     ) -> Result<(), StoreError> {
         // Measured as an age, not against `now - retention`, which saturates at the epoch.
-        let retention = self.config.retention;
+        let retention = self.retention_of(&work.state);
         if work.state.expiry_retry.as_ref().is_some_and(|r| now < r.not_before) {
             return Ok(());
         }
@@ -123,7 +133,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                 if expired && undelivered.is_empty() {
                     let detail = format!(
                         "context {} position {} waited longer than the retention ({})",
-                        work.context_id, msg.seq, self.config.retention
+                        work.context_id, msg.seq, retention
                     );
                     match self
                         .dead_letter(&work.context_id, msg, Reason::Expired, &detail, dlq)
