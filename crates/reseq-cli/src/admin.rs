@@ -32,6 +32,9 @@ pub struct InspectArgs {
     /// List at most this many waiting positions.
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub limit: usize,
+    /// The sequence file of a typed instance: shows what each waiting type waits for.
+    #[arg(long, env = "RESEQ_SEQUENCES", value_name = "FILE")]
+    pub sequences: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -179,23 +182,30 @@ pub fn inspect(args: InspectArgs) -> Result<ExitCode> {
     let now = SystemClock.now();
     let s = &report.state;
     println!("context       {}", report.context_id);
-    let last = s.last_released.map_or("none".to_string(), |l| l.to_string());
-    println!("cursor        next {}, last released {last}", s.next);
-    match report.waiting.oldest_received_at {
-        Some(oldest) => println!(
-            "waiting       {} message(s), the oldest since {}: positions {}{}",
-            report.waiting.count,
-            when(oldest, now),
-            list(&report.waiting_positions),
-            if (report.waiting_positions.len() as u64) < report.waiting.count {
-                ", …"
-            } else {
-                ""
-            }
-        ),
-        None => println!("waiting       nothing"),
+    if let Some(typed) = &s.typed {
+        print_typed(typed, args.sequences.as_deref())?;
     }
-    if !report.gaps.is_empty() {
+    let last = s.last_released.map_or("none".to_string(), |l| l.to_string());
+    if s.typed.is_none() {
+        println!("cursor        next {}, last released {last}", s.next);
+    }
+    if s.typed.is_none() {
+        match report.waiting.oldest_received_at {
+            Some(oldest) => println!(
+                "waiting       {} message(s), the oldest since {}: positions {}{}",
+                report.waiting.count,
+                when(oldest, now),
+                list(&report.waiting_positions),
+                if (report.waiting_positions.len() as u64) < report.waiting.count {
+                    ", …"
+                } else {
+                    ""
+                }
+            ),
+            None => println!("waiting       nothing"),
+        }
+    }
+    if !report.gaps.is_empty() && s.typed.is_none() {
         let gaps: Vec<String> = report.gaps.iter().map(|g| range(g.first, g.last)).collect();
         println!("waits for     {}", gaps.join(", "));
     }
@@ -290,6 +300,46 @@ pub fn skip(args: SkipArgs) -> Result<ExitCode> {
 pub fn retry(args: RetryArgs) -> Result<ExitCode> {
     let result = on_store(&args.store, Request::Retry(&args))?;
     report_request(result, args.store.json)
+}
+
+/// A typed instance (SPEC §5): processed types, and each waiting type with what it
+/// waits for (read from the sequence file, when given).
+fn print_typed(typed: &reseq_core::store::TypedState, file: Option<&std::path::Path>) -> Result<()> {
+    let sequences = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("--sequences {}", path.display()))?;
+            Some(reseq_core::sequences::load(&path.display().to_string(), &text).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    let sequence = sequences
+        .as_ref()
+        .and_then(|f| f.sequences.iter().find(|s| s.name == typed.sequence));
+    println!("sequence      {}", typed.sequence);
+    let processed: Vec<&str> = typed.processed.keys().map(String::as_str).collect();
+    println!(
+        "processed     {}",
+        if processed.is_empty() {
+            "nothing".to_string()
+        } else {
+            processed.join(", ")
+        }
+    );
+    let done = |key: &str| typed.processed.contains_key(key);
+    for waiting in &typed.waiting {
+        let why = sequence
+            .and_then(|s| s.message(&waiting.type_key))
+            .and_then(|m| m.waiting_for(&done))
+            .map_or_else(
+                || "(give --sequences FILE to see its condition)".to_string(),
+                |c| format!("waits for {c}"),
+            );
+        println!("waiting       {} {why}", waiting.type_key);
+    }
+    if let Some(s) = sequence.filter(|s| s.is_complete(&done)) {
+        println!("closed        every type of {} was processed", s.name);
+    }
+    Ok(())
 }
 
 fn report_request(result: Result<Requested, AdminError>, json: bool) -> Result<ExitCode> {

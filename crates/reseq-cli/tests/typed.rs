@@ -122,3 +122,49 @@ fn a_bad_sequence_file_is_one_line_naming_the_file_and_line_with_exit_code_2() {
     let (code, _, stderr) = run(&["--sequences", "/no/such/file.yaml"], "");
     assert!(code == 2 && stderr.contains("--sequences"), "{stderr}");
 }
+
+#[test]
+fn inspect_shows_a_typed_instances_processed_and_waiting_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let args = [
+        "--sequences",
+        EXAMPLE,
+        "--context-path",
+        "/orderId",
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    let (code, _, stderr) = run(&args, &lines(&["OrderShipped", "OrderCreated"], "o-3"));
+    assert_eq!(code, 0, "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_reseq"))
+        .args([
+            "inspect",
+            "order-lifecycle/o-3",
+            "--state",
+            state.to_str().unwrap(),
+            "--sequences",
+            EXAMPLE,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("processed     OrderCreated"), "{text}");
+    assert!(
+        text.contains("waiting       OrderShipped waits for OrderPaid and StockReserved"),
+        "{text}"
+    );
+    let json = Command::new(env!("CARGO_BIN_EXE_reseq"))
+        .args([
+            "inspect",
+            "order-lifecycle/o-3",
+            "--state",
+            state.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["state"]["typed"]["waiting"][0]["type_key"], "OrderShipped");
+}
