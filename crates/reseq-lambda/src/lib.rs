@@ -1,7 +1,11 @@
 //! # reseq-lambda
 //!
-//! What the `bootstrap` binary (`src/main.rs`) is made of, kept out of it so that it stays
-//! a few lines of wiring and so that each piece is tested here:
+//! reseq as an AWS Lambda function, with the built-in outputs (the `bootstrap` binary,
+//! `src/main.rs`) or with a handler of your own: [`run`] is the whole function — call it
+//! from `main` with a closure that makes a [`ResequencerBuilder`] — and `bootstrap` is
+//! nothing but `run` on the built-in output. The pieces, each tested here:
+//! - [`run`] and [`serve`]: the function's start (the Runtime API proxy, the settings, the
+//!   table and DLQ checked once, the metrics) and its invocation loop;
 //! - [`LambdaSettings`]: the `RESEQ_*` environment variables, the same structs (names,
 //!   defaults, parsers) as `reseq worker`'s flags, read from the environment only;
 //! - [`release_deadline`]: when an invocation's releases must stop;
@@ -10,85 +14,161 @@
 //! - [`runtime_environment`]: whether the process runs where a Lambda Runtime API is;
 //! - [`runtime_api`]: the loopback proxy that fills in a missing deadline header, which
 //!   `lambda_runtime` would panic on.
+//!
+//! ```no_run
+//! use reseq_core::{Handler, HandlerError, Release};
+//! use reseq_settings::Resequencer;
+//!
+//! /// Logs each message, in order per context.
+//! struct Log;
+//!
+//! impl Handler for Log {
+//!     async fn handle(&self, msg: &Release<'_>) -> Result<(), HandlerError> {
+//!         tracing::info!(context = msg.context_id, seq = msg.seq, "released");
+//!         Ok(())
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), lambda_runtime::Error> {
+//!     // RESEQ_TABLE, RESEQ_DLQ_URL, RESEQ_LEASE_DURATION, … as for `bootstrap`.
+//!     reseq_lambda::run(|_sdk| async { Ok(Resequencer::from_env(Log)?) })
+//! }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod runtime_api;
 
-use clap::{CommandFactory, Parser};
-use lambda_runtime::{Diagnostic, LambdaEvent};
+use std::fmt;
+use std::future::Future;
+
+use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use reseq_core::{Clock, DeadLetterSink, Duration, Handler, Millis, StagingStore};
-use reseq_settings::{ExtractArgs, OrderingArgs, SqsArgs, TelemetryArgs};
+use reseq_settings::{Resequencer, ResequencerBuilder, SdkConfig, aws_config, lease_owner};
 use reseq_sqs::batch::Processor;
 use reseq_sqs::lambda::{LambdaError, handle};
 use serde_json::Value;
 
 /// The function's configuration: every `RESEQ_*` variable `reseq worker` reads, except the
-/// ones about receiving (the event source mapping receives for Lambda).
-#[derive(Parser, Clone, Debug)]
-#[command(
-    name = "bootstrap",
-    about = "reseq's AWS Lambda function: configured by RESEQ_* environment variables"
-)]
-pub struct LambdaSettings {
-    #[command(flatten)]
-    pub ordering: OrderingArgs,
-    #[command(flatten)]
-    pub extract: ExtractArgs,
-    #[command(flatten)]
-    pub sqs: SqsArgs,
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-}
+/// ones about receiving (the event source mapping receives for Lambda). It is
+/// [`reseq_settings::Settings`]; [`LambdaSettings::from_env`] reads it.
+pub use reseq_settings::Settings as LambdaSettings;
 
-impl LambdaSettings {
-    /// The settings from the process environment alone (no command-line arguments are
-    /// read). A bad value gives one line naming the variable, the value and what is wrong.
-    /// The checks that involve several values ([`SqsArgs::validate`]) are made here too,
-    /// with the variable's name.
-    pub fn from_env() -> Result<LambdaSettings, String> {
-        let settings = LambdaSettings::try_parse_from(["bootstrap"]).map_err(|e| describe_error(&e))?;
-        settings.sqs.validate().map_err(|line| {
-            let env = ["--http-timeout", "--lease-duration", "--table"]
-                .into_iter()
-                .find(|flag| line.contains(&format!("'{flag}'")))
-                .map(|flag| {
-                    format!(
-                        "RESEQ_{}: ",
-                        flag.trim_start_matches('-').replace('-', "_").to_uppercase()
-                    )
-                })
-                .unwrap_or_default();
-            format!("invalid settings: {env}{line}")
-        })?;
-        Ok(settings)
-    }
-}
-
-/// One line for a clap error on environment variables: clap names the flag
-/// (`--max-staged <N>`); a function's user set `RESEQ_MAX_STAGED`, so name that too.
-fn describe_error(err: &clap::Error) -> String {
-    use clap::error::{ContextKind, ContextValue};
-    let rendered = err.to_string();
-    let first = rendered
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("invalid settings");
-    let line = first.strip_prefix("error: ").unwrap_or(first).to_string();
-    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
-        return format!("invalid settings: {line}");
+/// Runs the Lambda function until the runtime stops it: call it from `main`, before any
+/// async runtime exists (not under `#[tokio::main]`).
+///
+/// In order, as `bootstrap` does: it points `lambda_runtime` at a loopback proxy that
+/// fills in a missing deadline header ([`runtime_api`]; this rewrites
+/// `AWS_LAMBDA_RUNTIME_API`, which is only sound while the process has one thread), starts
+/// a tokio runtime, checks that a Lambda Runtime API is there ([`runtime_environment`]),
+/// loads the AWS configuration and calls `init` with it — make your handler's clients from
+/// it, and return the builder, e.g. [`Resequencer::from_env`] — then connects
+/// ([`ResequencerBuilder::connect`]: the table and the DLQ are checked once, the engine
+/// runs under the lease, each handler call is bounded by a quarter of it, the lease owner
+/// is named `lambda-…` unless set) and [`serve`]s. A failure before the first invocation
+/// is one line in the log and fails the cold start.
+pub fn run<H, F, Fut>(init: F) -> Result<(), lambda_runtime::Error>
+where
+    H: Handler + 'static,
+    F: FnOnce(SdkConfig) -> Fut,
+    Fut: Future<Output = Result<ResequencerBuilder<H>, lambda_runtime::Error>>,
+{
+    // Before any thread exists: point lambda_runtime at the proxy that fills in a missing
+    // deadline header (lambda_runtime panics without it; see runtime_api).
+    let proxy = match std::env::var("AWS_LAMBDA_RUNTIME_API") {
+        Ok(api) if !api.is_empty() => {
+            // `host:port` (Lambda), or a URL with a path prefix (cargo lambda watch:
+            // `http://host:port/.rt`): the proxy's address keeps the scheme and the prefix,
+            // so that requests reach it with their paths unchanged.
+            let (scheme, rest) = api
+                .strip_prefix("http://")
+                .map_or(("", api.as_str()), |r| ("http://", r));
+            let (upstream, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+            let (listener, addr) = runtime_api::bind()?;
+            let local = format!("{scheme}{addr}{path}");
+            // SAFETY: the process is single-threaded here (no runtime, no thread started
+            // yet: `run` must be called from `main` before any).
+            unsafe { std::env::set_var("AWS_LAMBDA_RUNTIME_API", local) };
+            Some((listener, upstream.to_string()))
+        }
+        _ => None,
     };
-    let long = arg.split_whitespace().next().unwrap_or("").trim_start_matches("--");
-    let command = LambdaSettings::command();
-    let env = command
-        .get_arguments()
-        .find(|a| a.get_long() == Some(long))
-        .and_then(|a| a.get_env())
-        .map(|e| e.to_string_lossy().into_owned());
-    match env {
-        Some(env) => format!("invalid settings: {env}: {line}"),
-        None => format!("invalid settings: {line}"),
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(start(proxy, init))
+}
+
+async fn start<H, F, Fut>(proxy: Option<(std::net::TcpListener, String)>, init: F) -> Result<(), lambda_runtime::Error>
+where
+    H: Handler + 'static,
+    F: FnOnce(SdkConfig) -> Fut,
+    Fut: Future<Output = Result<ResequencerBuilder<H>, lambda_runtime::Error>>,
+{
+    lambda_runtime::tracing::init_default_subscriber();
+    runtime_environment(|name| std::env::var(name).ok()).map_err(fail)?;
+    if let Some((listener, upstream)) = proxy {
+        tokio::spawn(runtime_api::serve(listener, upstream));
+    }
+    let sdk = aws_config().await;
+    let builder = init(sdk.clone()).await.map_err(|err| fail(err.to_string()))?;
+    let resequencer = builder
+        .lease_owner(lease_owner("lambda"))
+        .sdk_config(sdk)
+        .connect()
+        .await
+        .map_err(|err| fail(format!("cannot start: {err}")))?;
+    serve(resequencer).await
+}
+
+/// Serves invocations with a connected [`Resequencer`] until the runtime stops: each SQS
+/// event is one batch, answered with a partial batch response; each scheduled event
+/// runs the timer sweep ([`invoke`]). It installs the metrics first (default sink: stdout,
+/// which Lambda turns into metrics). [`run`] calls it; call it yourself only if you run
+/// your own async runtime, and then without the deadline-header proxy.
+pub async fn serve<H: Handler + 'static>(resequencer: Resequencer<H>) -> Result<(), lambda_runtime::Error> {
+    let settings = resequencer.settings().clone();
+    let budget = resequencer.release_budget();
+    // Lambda extracts the metrics from the function's log output.
+    let telemetry = settings
+        .telemetry
+        .install(reseq_metrics::Sink::Stdout, None)
+        .map_err(|err| fail(format!("cannot start: RESEQ_METRICS: {err}")))?;
+    let processor = resequencer.into_processor().with_telemetry(telemetry);
+    if settings.sqs.dlq_url.is_none() {
+        tracing::warn!(
+            "no RESEQ_DLQ_URL: conflicts, late and poison messages stay on the queue until its redrive policy moves them"
+        );
+    }
+    let processor = &processor;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        invoke(processor, budget, event)
+    }))
+    .await
+}
+
+/// Logs a start-up failure and makes it the error `main` returns.
+fn fail(line: String) -> lambda_runtime::Error {
+    tracing::error!("{line}");
+    Box::new(InitError(line))
+}
+
+/// Why the cold start failed: one line, printed as it is (not quoted) when `main` returns it.
+struct InitError(String);
+
+impl fmt::Display for InitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
+
+impl fmt::Debug for InitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InitError {}
 
 /// When an invocation's releases must stop: a margin before the invocation's own
 /// deadline — the larger of 1 s and a tenth of the time left — so that the batch's commit

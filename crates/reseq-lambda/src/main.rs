@@ -34,89 +34,13 @@
 //! writes `target/lambda/bootstrap/bootstrap`; `scripts/cargo-lambda.sh` installs a pinned
 //! cargo-lambda. Run it locally with `cargo lambda watch -p reseq-lambda` and
 //! `cargo lambda invoke --data-file event.json`.
+//!
+//! **Code**: all of it is `reseq_lambda::run` on the built-in output; a handler of your own
+//! runs the same way (see the `reseq-lambda` crate's documentation and `examples/`).
 
-use std::fmt;
+use reseq_lambda::LambdaSettings;
+use reseq_settings::Resequencer;
 
-use lambda_runtime::{Error, LambdaEvent, service_fn};
-use reseq_lambda::{LambdaSettings, invoke, runtime_api, runtime_environment};
-use reseq_settings::{connect_processor, lease_owner};
-use serde_json::Value;
-
-fn main() -> Result<(), Error> {
-    // Before any thread exists: point lambda_runtime at the proxy that fills in a missing
-    // deadline header (lambda_runtime panics without it; see reseq_lambda::runtime_api).
-    let proxy = match std::env::var("AWS_LAMBDA_RUNTIME_API") {
-        Ok(api) if !api.is_empty() => {
-            // `host:port` (Lambda), or a URL with a path prefix (cargo lambda watch:
-            // `http://host:port/.rt`): the proxy's address keeps the scheme and the prefix,
-            // so that requests reach it with their paths unchanged.
-            let (scheme, rest) = api
-                .strip_prefix("http://")
-                .map_or(("", api.as_str()), |r| ("http://", r));
-            let (upstream, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
-            let (listener, addr) = runtime_api::bind()?;
-            let local = format!("{scheme}{addr}{path}");
-            // SAFETY: the process is single-threaded here (no runtime, no thread started yet).
-            unsafe { std::env::set_var("AWS_LAMBDA_RUNTIME_API", local) };
-            Some((listener, upstream.to_string()))
-        }
-        _ => None,
-    };
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(proxy))
+fn main() -> Result<(), lambda_runtime::Error> {
+    reseq_lambda::run(|_sdk| async { Ok(Resequencer::with_output(LambdaSettings::from_env()?)) })
 }
-
-async fn run(proxy: Option<(std::net::TcpListener, String)>) -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
-    let fail = |line: String| {
-        tracing::error!("{line}");
-        InitError(line)
-    };
-
-    runtime_environment(|name| std::env::var(name).ok()).map_err(fail)?;
-    if let Some((listener, upstream)) = proxy {
-        tokio::spawn(runtime_api::serve(listener, upstream));
-    }
-    let settings = LambdaSettings::from_env().map_err(fail)?;
-    let owner = lease_owner("lambda");
-    let (processor, _sqs) = connect_processor(&settings.ordering, &settings.extract, &settings.sqs, owner)
-        .await
-        .map_err(|err| fail(format!("cannot start: {err}")))?;
-    // Lambda extracts the metrics from the function's log output.
-    let telemetry = settings
-        .telemetry
-        .install(reseq_metrics::Sink::Stdout, None)
-        .map_err(|err| fail(format!("cannot start: RESEQ_METRICS: {err}")))?;
-    let processor = processor.with_telemetry(telemetry);
-    if settings.sqs.dlq_url.is_none() {
-        tracing::warn!(
-            "no RESEQ_DLQ_URL: conflicts, late and poison messages stay on the queue until its redrive policy moves them"
-        );
-    }
-    let budget = settings.sqs.release_budget();
-
-    let processor = &processor;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
-        invoke(processor, budget, event)
-    }))
-    .await
-}
-
-/// Why the cold start failed: one line, printed as it is (not quoted) when `main` returns it.
-struct InitError(String);
-
-impl fmt::Display for InitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for InitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InitError {}

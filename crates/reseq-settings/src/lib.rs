@@ -4,16 +4,51 @@
 //! variable (SPEC §6). The `reseq` binary flattens these into its subcommands; the Lambda
 //! `bootstrap` reads the same structs from the environment alone, so a setting has one
 //! name, one default and one parser wherever reseq runs. [`connect_processor`] turns them
-//! into a running [`Processor`] the same way for both.
+//! into a running [`Processor`](reseq_sqs::batch::Processor) the same way for both.
+//!
+//! It is also the entry point for a Rust team that brings its own
+//! [`Handler`](reseq_core::Handler): [`Resequencer::builder`] (or [`Resequencer::from_env`])
+//! takes the handler and these settings, connects to the DynamoDB table and the DLQ, and
+//! always runs the engine under a per-context lease, as every SQS processor must. The
+//! built-in outputs go through the same builder ([`connect_processor_on`]), so there is
+//! one way to assemble a processor. Run it as the long-polling worker
+//! ([`ResequencerBuilder::run_worker`]) or as a Lambda function (`reseq_lambda::run`).
+//!
+//! ```no_run
+//! use reseq_core::{Handler, HandlerError, Release};
+//! use reseq_settings::{ReceiveArgs, Resequencer};
+//!
+//! struct Print;
+//!
+//! impl Handler for Print {
+//!     async fn handle(&self, msg: &Release<'_>) -> Result<(), HandlerError> {
+//!         println!("{} #{}: {}", msg.context_id, msg.seq, String::from_utf8_lossy(msg.body));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! // RESEQ_TABLE, RESEQ_DLQ_URL, RESEQ_LEASE_DURATION, RESEQ_GAP_TIMEOUT, … as for `reseq worker`.
+//! let builder = Resequencer::from_env(Print)?;
+//! let receive = ReceiveArgs::new("https://sqs.eu-west-1.amazonaws.com/123456789012/orders.fifo");
+//! let run = builder.run_worker(&receive, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! println!("{} messages received", run.report.received);
+//! # Ok(())
+//! # }
+//! ```
 
-use clap::{Args, ValueEnum};
+#![warn(missing_docs)]
+
+mod resequencer;
+
+use clap::{Args, CommandFactory, Parser, ValueEnum};
 use reseq_core::engine::LeaseConfig;
-use reseq_core::{Duration, Engine, EngineConfig, Extractor, LatePolicy, PoisonPolicy, SystemClock};
-use reseq_dynamodb::{DynamoConfig, DynamoStore};
-use reseq_sqs::batch::{InvalidPolicy, Processor};
-use reseq_sqs::bounded::Bounded;
-use reseq_sqs::dlq::SqsDeadLetters;
+use reseq_core::{Duration, EngineConfig, Extractor, LatePolicy, PoisonPolicy};
+use reseq_sqs::batch::InvalidPolicy;
 use reseq_sqs::output::{Output, OutputTarget};
+
+pub use aws_config::SdkConfig;
+pub use resequencer::{ReceiveArgs, Resequencer, ResequencerBuilder, ResequencerProcessor, WorkerRun};
 
 /// The ordering flags shared by every command that runs the engine.
 #[derive(Args, Clone, Debug)]
@@ -56,6 +91,9 @@ impl OrderingArgs {
         Ok(())
     }
 
+    /// The engine's ordering rules from these settings, with no lease: an SQS processor
+    /// gets its lease from [`SqsArgs::lease`] (the [`Resequencer`] builder always sets
+    /// it); `reseq run` and `reseq bench` run without one.
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             first_seq: self.first_seq,
@@ -68,6 +106,22 @@ impl OrderingArgs {
             lease: None,
             stage_held_after: None,
             sequences: None,
+        }
+    }
+}
+
+impl Default for OrderingArgs {
+    /// The flags' defaults: first position 1, no gap timeout, `--late dlq`, 10,000 staged,
+    /// 14 days' retention, 5 attempts, `--on-poison block`.
+    fn default() -> Self {
+        OrderingArgs {
+            first_seq: 1,
+            gap_timeout: None,
+            late: LatePolicy::DeadLetter,
+            max_staged: 10_000,
+            retention: Duration::from_secs(14 * 86_400),
+            max_attempts: 5,
+            on_poison: PoisonPolicy::Block,
         }
     }
 }
@@ -99,9 +153,26 @@ pub struct ExtractArgs {
     pub final_path: Option<String>,
 }
 
+/// Another source of the context id (`--context-from`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ContextFrom {
+    /// The FIFO `MessageGroupId` (`group-id`).
     GroupId,
+}
+
+impl Default for ExtractArgs {
+    /// The flags' defaults: attributes `contextId`, `sequence` and `final`, no paths.
+    fn default() -> Self {
+        ExtractArgs {
+            context_attr: "contextId".into(),
+            seq_attr: "sequence".into(),
+            context_path: None,
+            seq_path: None,
+            context_from: None,
+            final_attr: "final".into(),
+            final_path: None,
+        }
+    }
 }
 
 impl ExtractArgs {
@@ -131,7 +202,9 @@ impl ExtractArgs {
     }
 }
 
-/// What the SQS worker and the Lambda function share: the table, the output, the DLQ.
+/// What the SQS worker and the Lambda function share: the table, the output, the DLQ, the
+/// lease. With a handler of your own ([`Resequencer::builder`]) `output` and
+/// `http_timeout` are not used.
 #[derive(Args, Clone, Debug)]
 pub struct SqsArgs {
     /// The DynamoDB table that stages messages and holds each context's state (see `reseq init`).
@@ -175,6 +248,22 @@ pub struct SqsArgs {
     pub stage_held_after: u32,
 }
 
+impl Default for SqsArgs {
+    /// The flags' defaults: table `reseq`, output `stdout`, no DLQ, `--invalid redrive`,
+    /// a 60 s lease, a 10 s HTTP timeout, staged anyway after 3 receives.
+    fn default() -> Self {
+        SqsArgs {
+            table: "reseq".into(),
+            output: OutputTarget::Stdout,
+            dlq_url: None,
+            invalid: InvalidPolicy::Redrive,
+            lease_duration: Duration::from_secs(60),
+            http_timeout: Duration::from_secs(10),
+            stage_held_after: 3,
+        }
+    }
+}
+
 /// Where metrics go and under which names (CloudWatch Embedded Metric Format).
 #[derive(Args, Clone, Debug)]
 pub struct TelemetryArgs {
@@ -210,6 +299,96 @@ impl TelemetryArgs {
             telemetry.set_property("Queue", queue);
         }
         Ok(telemetry)
+    }
+}
+
+impl Default for TelemetryArgs {
+    /// The flags' defaults: the sink of the place it runs, namespace `Reseq`, the service
+    /// named after the Lambda function, else `reseq`.
+    fn default() -> Self {
+        TelemetryArgs {
+            metrics: None,
+            metrics_namespace: reseq_metrics::DEFAULT_NAMESPACE.into(),
+            service: None,
+        }
+    }
+}
+
+/// Every setting a processor reads, wherever it runs: the ordering rules, where context
+/// and position come from, the table, output, DLQ and lease, and the metrics. The Lambda
+/// function reads exactly these (`reseq_lambda::LambdaSettings` is this struct); the
+/// worker adds [`ReceiveArgs`]. [`Default`] gives the flags' defaults.
+#[derive(Parser, Clone, Debug, Default)]
+#[command(name = "bootstrap", about = "reseq configured by RESEQ_* environment variables")]
+pub struct Settings {
+    /// `--first-seq`, `--gap-timeout`, `--late`, … (`RESEQ_FIRST_SEQ`, …).
+    #[command(flatten)]
+    pub ordering: OrderingArgs,
+    /// `--context-attr`, `--seq-path`, … (`RESEQ_CONTEXT_ATTR`, …).
+    #[command(flatten)]
+    pub extract: ExtractArgs,
+    /// `--table`, `--dlq-url`, `--lease-duration`, … (`RESEQ_TABLE`, …).
+    #[command(flatten)]
+    pub sqs: SqsArgs,
+    /// `--metrics`, `--metrics-namespace`, `--service` (`RESEQ_METRICS`, …).
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+impl Settings {
+    /// The settings from the process environment alone (no command-line arguments are
+    /// read): the `RESEQ_*` variables `reseq worker` reads, with the same names, defaults
+    /// and parsers. A bad value gives one line naming the variable, the value and what is
+    /// wrong. The checks that involve several values ([`SqsArgs::validate`]) are made here
+    /// too, with the variable's name.
+    pub fn from_env() -> Result<Settings, String> {
+        let settings = parse_env::<Settings>()?;
+        settings.sqs.validate().map_err(|line| {
+            let env = ["--http-timeout", "--lease-duration", "--table"]
+                .into_iter()
+                .find(|flag| line.contains(&format!("'{flag}'")))
+                .map(|flag| {
+                    format!(
+                        "RESEQ_{}: ",
+                        flag.trim_start_matches('-').replace('-', "_").to_uppercase()
+                    )
+                })
+                .unwrap_or_default();
+            format!("invalid settings: {env}{line}")
+        })?;
+        Ok(settings)
+    }
+}
+
+/// `T` from the environment alone, or one line naming the variable that is wrong.
+fn parse_env<T: Parser>() -> Result<T, String> {
+    T::try_parse_from(["reseq"]).map_err(|e| describe_error::<T>(&e))
+}
+
+/// One line for a clap error on environment variables: clap names the flag
+/// (`--max-staged <N>`); a function's user set `RESEQ_MAX_STAGED`, so name that too.
+fn describe_error<T: CommandFactory>(err: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let rendered = err.to_string();
+    let first = rendered
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("invalid settings");
+    let line = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return format!("invalid settings: {line}");
+    };
+    let long = arg.split_whitespace().next().unwrap_or("").trim_start_matches("--");
+    let command = T::command();
+    let env = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned());
+    match env {
+        Some(env) => format!("invalid settings: {env}: {line}"),
+        None => format!("invalid settings: {line}"),
     }
 }
 
@@ -287,12 +466,18 @@ impl SqsArgs {
     /// The checks that involve more than one value, or that the parsers cannot make: one
     /// line naming the flag, the value and what would work.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_for(true)
+    }
+
+    /// [`SqsArgs::validate`]; `builtin_output`: whether `--output` and `--http-timeout`
+    /// are used (not with a handler of the user's own).
+    fn validate_for(&self, builtin_output: bool) -> Result<(), String> {
         if self.lease_duration.0 == 0 {
             return Err("invalid value '0s' for '--lease-duration': a lease must last more than 0, e.g. 60s".into());
         }
         let bound = self.handler_timeout();
         let http = matches!(self.output, OutputTarget::Http { .. });
-        if self.http_timeout.0 == 0 || (http && self.http_timeout > bound) {
+        if builtin_output && (self.http_timeout.0 == 0 || (http && self.http_timeout > bound)) {
             return Err(format!(
                 "invalid value '{}' for '--http-timeout': a request must end within a quarter of --lease-duration \
                  ({}), so give at most {bound}, or a longer --lease-duration (at least 4 × {})",
@@ -305,27 +490,42 @@ impl SqsArgs {
 
 /// A processor assembled from the settings: the DynamoDB table, the output (each call
 /// bounded by [`SqsArgs::handler_timeout`]), the DLQ.
-pub type SqsProcessor = Processor<DynamoStore, SystemClock, Bounded<Output>, SqsDeadLetters>;
+pub type SqsProcessor = ResequencerProcessor<Output>;
 
 /// Why the settings could not be turned into a running processor; each names the
 /// resource and what to check.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// A setting that cannot work, or settings that contradict each other: one line
+    /// naming the flag.
     #[error("invalid settings: {0}")]
     Invalid(String),
+    /// The table is missing, has another layout, or could not be reached.
     #[error("--table: {0}")]
     Table(#[from] reseq_core::StoreError),
+    /// The built-in output (`--output`) cannot be used.
     #[error("--output: {0}")]
     Output(String),
+    /// The DLQ (`--dlq-url`) cannot be used.
     #[error("--dlq-url: {0}")]
     Dlq(String),
+    /// The worker's input queue (`--queue-url`) cannot be used, or its settings cannot
+    /// work (one line naming it).
+    #[error("{0}")]
+    Queue(String),
+    /// The worker stopped because its queue became unusable while it ran.
+    #[error(transparent)]
+    Worker(#[from] reseq_sqs::worker::WorkerError),
 }
 
 impl SetupError {
     /// Whether no retry fixes it: bad settings, a missing or forbidden table, output or
     /// DLQ (exit code 2). A table that could not be reached may answer later.
     pub fn is_configuration(&self) -> bool {
-        !matches!(self, SetupError::Table(reseq_core::StoreError::Unavailable(_)))
+        !matches!(
+            self,
+            SetupError::Table(reseq_core::StoreError::Unavailable(_)) | SetupError::Worker(_)
+        )
     }
 }
 
@@ -378,7 +578,9 @@ pub async fn connect_processor(
     Ok((processor, sqs))
 }
 
-/// [`connect_processor`] on an SQS client the caller already has.
+/// [`connect_processor`] on an SQS client the caller already has: the built-in output of
+/// `--output` through [`Resequencer::with_output`], the same builder as a handler of
+/// one's own.
 pub async fn connect_processor_on(
     sdk: &aws_config::SdkConfig,
     sqs: aws_sdk_sqs::Client,
@@ -387,32 +589,17 @@ pub async fn connect_processor_on(
     sqs_args: &SqsArgs,
     lease_owner: String,
 ) -> Result<SqsProcessor, SetupError> {
-    sqs_args.validate().map_err(SetupError::Invalid)?;
-    ordering.validate().map_err(SetupError::Invalid)?;
-    let extractor = extract.extractor().map_err(SetupError::Invalid)?;
-    // Staged items outlive the retention: DynamoDB TTL never takes a waiting message.
-    let dynamo = DynamoConfig::for_retention(ordering.retention.as_std());
-    let store = reseq_dynamodb::connect_on(reseq_dynamodb::client_from(sdk, &dynamo), &sqs_args.table, dynamo).await?;
-    let output = Output::connect(sqs_args.output.clone(), sqs.clone(), sqs_args.http_timeout.as_std())
-        .await
-        .map_err(|e| SetupError::Output(e.to_string()))?;
-    let dlq = SqsDeadLetters::new(sqs.clone(), sqs_args.dlq_url.clone());
-    if sqs_args.dlq_url.is_some() {
-        dlq.check().await.map_err(|e| SetupError::Dlq(e.to_string()))?;
-    } else if sqs_args.invalid == InvalidPolicy::Dlq {
-        return Err(SetupError::Invalid(
-            "--invalid dlq needs --dlq-url (or RESEQ_DLQ_URL): the queue invalid messages are sent to".into(),
-        ));
-    }
-    let config = EngineConfig {
-        lease: Some(sqs_args.lease(lease_owner)),
-        stage_held_after: Some(sqs_args.stage_held_after.max(1)),
-        ..ordering.engine_config()
+    let settings = Settings {
+        ordering: ordering.clone(),
+        extract: extract.clone(),
+        sqs: sqs_args.clone(),
+        telemetry: TelemetryArgs::default(),
     };
-    let engine = Engine::new(store, SystemClock, config);
-    let output = Bounded::new(output, sqs_args.handler_timeout().as_std());
-    let processor = Processor::new(engine, extractor, output, dlq, sqs_args.invalid);
-    Ok(processor)
+    let resequencer = Resequencer::with_output(settings)
+        .lease_owner(lease_owner)
+        .connect_on(sdk, sqs)
+        .await?;
+    Ok(resequencer.into_processor())
 }
 
 /// A lease owner name that differs between processes and hosts.
@@ -457,6 +644,12 @@ mod tests {
         let cli = parse(&[]).expect("the defaults are valid");
         assert_eq!(cli.sqs.stage_held_after, 3);
         cli.sqs.validate().expect("the defaults are valid");
+    }
+
+    #[test]
+    fn the_defaults_in_code_are_the_flags_defaults() {
+        let parsed = Settings::try_parse_from(["t"]).expect("the defaults parse");
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Settings::default()));
     }
 
     #[test]
