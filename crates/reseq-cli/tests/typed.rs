@@ -168,3 +168,66 @@ fn inspect_shows_a_typed_instances_processed_and_waiting_types() {
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["state"]["typed"]["waiting"][0]["type_key"], "OrderShipped");
 }
+
+mod common;
+
+/// `reseq worker --sequences` on LocalStack SQS and DynamoDB Local: a typed instance's
+/// messages, sent in the worst order from several producers, reach the output queue in
+/// an order their conditions allow; a second message of a type is a conflict.
+#[tokio::test]
+async fn the_worker_orders_typed_messages_by_their_conditions() {
+    use common::sqs_worker::{Msg, Setup, drain, run_worker, send};
+    if common::emulators().is_none() {
+        return;
+    }
+    let setup = Setup::new("typed", 5).await;
+    let typed = |t: &str, order: &str, producer: &str| Msg {
+        body: format!("{{\"type\":\"{t}\",\"order\":\"{order}\"}}"),
+        group: producer.to_string(),
+        attributes: vec![
+            ("messageType", "String", t.to_string()),
+            ("contextId", "String", order.to_string()),
+        ],
+    };
+    let mut messages = Vec::new();
+    for order in ["o-1", "o-2"] {
+        messages.push(typed("OrderShipped", order, "p1"));
+        messages.push(typed("StockReserved", order, "p2"));
+        messages.push(typed("OrderPaid", order, "p1"));
+        messages.push(typed("OrderCreated", order, "p3"));
+    }
+    messages.push(typed("OrderPaid", "o-1", "p2")); // another OrderPaid: a conflict
+    send(&setup.sqs, &setup.input, &messages).await;
+    let (_, stderr) = run_worker(setup.worker(&setup.input, &["--sequences", EXAMPLE]));
+    let got = drain(&setup.sqs, &setup.output).await;
+    for order in ["o-1", "o-2"] {
+        let types: Vec<String> = got
+            .iter()
+            .filter(|g| g.attributes.get("contextId").is_some_and(|c| c.ends_with(order)))
+            .map(|g| {
+                serde_json::from_str::<serde_json::Value>(&g.body).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let position = |t: &str| {
+            types
+                .iter()
+                .position(|x| x == t)
+                .unwrap_or_else(|| panic!("{order}: no {t} in {types:?}; {stderr}"))
+        };
+        assert_eq!(types.len(), 4, "{order}: {types:?}");
+        assert_eq!(position("OrderCreated"), 0, "{order}: {types:?}");
+        assert!(
+            position("OrderShipped") > position("OrderPaid").max(position("StockReserved")),
+            "{order}: {types:?}"
+        );
+    }
+    let dead = drain(&setup.sqs, &setup.dlq).await;
+    let reasons: Vec<&str> = dead
+        .iter()
+        .filter_map(|g| g.attributes.get("reseqReason").map(String::as_str))
+        .collect();
+    assert_eq!(reasons, ["conflict"], "{stderr}");
+}

@@ -151,6 +151,37 @@ pub struct ExtractArgs {
     /// JSON Pointer to a boolean in the body that marks the last message of a context.
     #[arg(long, env = "RESEQ_FINAL_PATH", value_name = "POINTER")]
     pub final_path: Option<String>,
+    /// Typed sequences (SPEC §5): a YAML sequence file, or (for Lambda) the YAML itself. Messages are then ordered by their type's release condition.
+    #[arg(long, env = "RESEQ_SEQUENCES", value_name = "FILE|YAML")]
+    pub sequences: Option<String>,
+    /// With --sequences: the message attribute holding the message type.
+    #[arg(long, env = "RESEQ_TYPE_ATTR", default_value = "messageType", value_name = "NAME")]
+    pub type_attr: String,
+    /// With --sequences: JSON Pointer to the message type in the body, when the attribute is absent.
+    #[arg(long, env = "RESEQ_TYPE_PATH", value_name = "POINTER")]
+    pub type_path: Option<String>,
+    /// With --sequences: the message attribute holding the idempotence id. Default: the SQS MessageId.
+    #[arg(long, env = "RESEQ_ID_ATTR", value_name = "NAME")]
+    pub id_attr: Option<String>,
+    /// With --sequences: JSON Pointer to the idempotence id in the body. Default: the SQS MessageId.
+    #[arg(long, env = "RESEQ_ID_PATH", value_name = "POINTER")]
+    pub id_path: Option<String>,
+}
+
+/// Reads a `--sequences` value: a file's path, or the YAML itself (a value with a line
+/// break, as a Lambda environment variable may hold it). One line naming the file (or
+/// `RESEQ_SEQUENCES`), the line and the fix when it is not right.
+pub fn load_sequences(value: &str) -> Result<std::sync::Arc<reseq_core::sequences::SequenceFile>, String> {
+    let (label, text) = if value.contains('\n') {
+        ("RESEQ_SEQUENCES".to_string(), value.to_string())
+    } else {
+        let text = std::fs::read_to_string(value)
+            .map_err(|e| format!("invalid value '{value}' for '--sequences': cannot read it: {e}"))?;
+        (value.to_string(), text)
+    };
+    reseq_core::sequences::load(&label, &text)
+        .map(std::sync::Arc::new)
+        .map_err(|e| format!("--sequences: {e}"))
 }
 
 /// Another source of the context id (`--context-from`).
@@ -171,6 +202,11 @@ impl Default for ExtractArgs {
             context_from: None,
             final_attr: "final".into(),
             final_path: None,
+            sequences: None,
+            type_attr: "messageType".into(),
+            type_path: None,
+            id_attr: None,
+            id_path: None,
         }
     }
 }
@@ -182,6 +218,8 @@ impl ExtractArgs {
             ("--context-path", &self.context_path),
             ("--seq-path", &self.seq_path),
             ("--final-path", &self.final_path),
+            ("--type-path", &self.type_path),
+            ("--id-path", &self.id_path),
         ] {
             if let Some(p) = pointer.as_deref().filter(|p| !p.is_empty() && !p.starts_with('/')) {
                 return Err(format!(
@@ -197,6 +235,17 @@ impl ExtractArgs {
             context_from_group_id: self.context_from == Some(ContextFrom::GroupId),
             final_attr: self.final_attr.clone(),
             final_path: self.final_path.clone(),
+            typed: match &self.sequences {
+                None => None,
+                Some(value) => Some(reseq_core::extract::TypedExtraction {
+                    type_attr: self.type_attr.clone(),
+                    type_path: self.type_path.clone(),
+                    id_attr: self.id_attr.clone(),
+                    id_path: self.id_path.clone(),
+                    id_is_body: false,
+                    ..reseq_core::extract::TypedExtraction::new(load_sequences(value)?)
+                }),
+            },
             ..Extractor::default()
         })
     }

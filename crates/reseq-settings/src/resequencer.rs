@@ -259,7 +259,13 @@ impl<H: Handler + 'static> ResequencerBuilder<H> {
         ordering.validate().map_err(SetupError::Invalid)?;
         let extractor = settings.extract.extractor().map_err(SetupError::Invalid)?;
         // Staged items outlive the retention: DynamoDB TTL never takes a waiting message.
-        let dynamo = DynamoConfig::for_retention(ordering.retention.as_std());
+        let sequences = extractor.typed.as_ref().map(|t| t.sequences.clone());
+        // Staged items outlive the longest retention, a typed sequence's own included.
+        let longest = sequences
+            .iter()
+            .flat_map(|f| f.sequences.iter().filter_map(|s| s.retention))
+            .fold(ordering.retention, |a, b| a.max(b));
+        let dynamo = DynamoConfig::for_retention(longest.as_std());
         let store =
             reseq_dynamodb::connect_on(reseq_dynamodb::client_from(sdk, &dynamo), &sqs_args.table, dynamo).await?;
         let handler = make_handler(sqs.clone(), sqs_args).await?;
@@ -275,6 +281,7 @@ impl<H: Handler + 'static> ResequencerBuilder<H> {
         let config = EngineConfig {
             lease: Some(sqs_args.lease(owner.unwrap_or_else(|| lease_owner("reseq")))),
             stage_held_after: Some(sqs_args.stage_held_after.max(1)),
+            sequences,
             ..ordering.engine_config()
         };
         let engine = Engine::new(store, SystemClock, config);
