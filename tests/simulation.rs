@@ -7,7 +7,7 @@
 //! its configuration, the tail of its trace and the command that replays it.
 
 use reseq_core::engine::Mutation;
-use reseq_system_tests::sim::{SimConfig, SimReport, run, summary};
+use reseq_system_tests::sim::{SimConfig, SimReport, run, run_typed, summary};
 
 /// Seeds that found bugs, each fixed and pinned by a focused test in
 /// `reseq-core/tests/engine.rs`: kept so that the bug never comes back.
@@ -101,4 +101,19 @@ fn the_harness_catches_the_lost_wakeup_check_removed() {
 #[test]
 fn the_harness_catches_the_cursor_committed_before_the_handler_returns() {
     assert!(caught(Mutation::CommitBeforeHandler, 300).is_some());
+}
+
+/// Typed sequences under the same faults: workers, crashes, skews, a flaky target, store
+/// faults, FIFO or standard queues; no type released before its condition, nothing lost.
+#[test]
+fn typed_seeds_pass() {
+    let n = seeds_per_half() / 2;
+    let first = std::env::var("RESEQ_SIM_FIRST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let reports: Vec<SimReport> = (first..first + n)
+        .map(|seed| run_typed(SimConfig::from_seed(seed, Mutation::None)).unwrap_or_else(|f| panic!("{f}")))
+        .collect();
+    eprintln!("typed: {}", summary(&reports));
 }

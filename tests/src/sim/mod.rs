@@ -22,6 +22,9 @@
 pub mod executor;
 pub mod sqs;
 pub mod store;
+mod typed;
+
+pub use typed::run_typed;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};

@@ -61,8 +61,12 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
                         .load(&work.context_id)
                         .await?
                         .unwrap_or_else(|| ContextState::new(self.config.first_seq));
-                    if fresh.next != work.state.next {
-                        // The cursor moved under us: what this batch decided no longer holds.
+                    if fresh.next != work.state.next || fresh.typed != work.state.typed {
+                        // The cursor (or a typed instance's processed and waiting types)
+                        // moved under us: what this batch decided no longer holds. Found
+                        // by the typed simulation: taking the lease over a fresh version
+                        // kept this batch's stale instance and its commit erased another
+                        // worker's releases.
                         break;
                     }
                     work.loaded_version = fresh.version;

@@ -129,6 +129,19 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             let full = page.len() == PAGE;
             for msg in &page {
                 from = msg.seq.saturating_add(1);
+                if work
+                    .state
+                    .typed
+                    .as_ref()
+                    .is_some_and(|t| !t.waiting.iter().any(|w| w.seq == msg.seq))
+                {
+                    // A typed instance's row that no longer waits: its message was released
+                    // (its copy was staged by a write whose answer was lost). Not a waiting
+                    // message, so never dead-lettered: removed.
+                    work.remove_staged.push(msg.seq);
+                    work.dirty = true;
+                    continue;
+                }
                 let expired = now.since(msg.received_at) >= retention;
                 if expired && undelivered.is_empty() {
                     let detail = format!(

@@ -77,17 +77,17 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         };
         let key = kind.key().into_owned();
         let msg = StagedMessage::from_envelope(env);
-        // An instance decides only under its lease: staging and releasing both change the
-        // state, which only the lease holder writes.
-        if !self.acquire(work, now).await? {
-            outcomes[index] = Outcome::Held(Hold::Busy);
-            return Ok(());
-        }
         if work.state.typed.is_none() {
             // A new instance: no position counts as released below its cursor (waiting
             // messages are staged at the hash of their id, anywhere in the u64 range).
             work.state.next = 0;
             work.start_next = 0;
+        }
+        // An instance decides only under its lease: staging and releasing both change the
+        // state, which only the lease holder writes.
+        if !self.acquire(work, now).await? {
+            outcomes[index] = Outcome::Held(Hold::Busy);
+            return Ok(());
         }
         let typed = work.state.typed.get_or_insert_with(|| TypedState {
             sequence: sequence.name.clone(),
