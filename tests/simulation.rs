@@ -103,10 +103,18 @@ fn the_harness_catches_the_cursor_committed_before_the_handler_returns() {
     assert!(caught(Mutation::CommitBeforeHandler, 300).is_some());
 }
 
+/// Typed seeds that found bugs: 11, a lease taken over a fresh version kept a stale
+/// typed instance, and its commit erased another worker's releases (now: a changed
+/// instance counts as a moved cursor).
+const TYPED_REGRESSION_SEEDS: [u64; 1] = [11];
+
 /// Typed sequences under the same faults: workers, crashes, skews, a flaky target, store
 /// faults, FIFO or standard queues; no type released before its condition, nothing lost.
 #[test]
 fn typed_seeds_pass() {
+    for seed in TYPED_REGRESSION_SEEDS {
+        run_typed(SimConfig::from_seed(seed, Mutation::None)).unwrap_or_else(|f| panic!("{f}"));
+    }
     let n = seeds_per_half() / 2;
     let first = std::env::var("RESEQ_SIM_FIRST")
         .ok()
