@@ -154,7 +154,12 @@ impl Extractor {
             ));
         };
         let context_id = match typed.sequences.find(&message_type) {
-            None => String::new(),
+            // A type in no sequence is handed over at once, under its context id if it has one.
+            None => match self.context_id(&raw, json) {
+                Ok(c) => c,
+                Err(r) if r.reason == Reason::MissingContextId => String::new(),
+                Err(r) => return Err(r),
+            },
             Some((sequence, kind)) => {
                 let own = match (&kind.context_attr, &kind.context_path) {
                     (Some(attr), _) if raw.attributes.contains_key(attr) => {

@@ -30,9 +30,16 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         handler: &H,
         dlq: &D,
     ) -> Outcome {
+        // Handed over under its context id, or its type when it has none (an SQS output
+        // needs a message group).
+        let context_id = if env.context_id.is_empty() {
+            env.message_type.clone().unwrap_or_default()
+        } else {
+            env.context_id.clone()
+        };
         let msg = StagedMessage::from_envelope(env);
         let release = Release {
-            context_id: "",
+            context_id: &context_id,
             seq: msg.seq,
             prev_seq: None,
             message_id: &msg.message_id,
@@ -53,7 +60,8 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             Err(HandlerError::Permanent(e) | HandlerError::Rejected(e)) => {
                 bump(&self.counters.handler_errors);
                 bump(&self.counters.poison);
-                self.dead_letter("", &msg, Reason::HandlerFailed, &e, dlq).await
+                self.dead_letter(&context_id, &msg, Reason::HandlerFailed, &e, dlq)
+                    .await
             }
         }
     }
