@@ -18,6 +18,7 @@ use crate::time::{Duration, Millis};
 /// Everything `reseq inspect` shows about one context.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ContextReport {
+    /// The context.
     pub context_id: String,
     /// The stored state: cursor, lease, retry (attempts, last error), blocked, skipped
     /// ranges, when it is next due, operator log.
@@ -88,38 +89,62 @@ pub async fn stuck<S: StagingStore>(
 /// Who asks for an operator action, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Operator {
+    /// Who (`--by`, default `$USER`).
     pub by: String,
+    /// Why (`--reason`).
     pub reason: String,
 }
 
 /// Why an operator action was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The store knows no such context.
     #[error("context {0:?} is not in the store (nothing was ever staged or released for it, or it expired)")]
     NoSuchContext(String),
+    /// A skip to a position the cursor has passed.
     #[error("context {context_id:?} is past position {to} already (its cursor is at {next}): nothing to skip")]
-    AlreadyPast { context_id: String, to: u64, next: u64 },
+    AlreadyPast {
+        /// The context.
+        context_id: String,
+        /// The position asked for.
+        to: u64,
+        /// Its cursor.
+        next: u64,
+    },
+    /// A skip in a context closed by its final message.
     #[error(
         "context {context_id:?} is closed at its final position {final_seq}: nothing after it is ever released, so \
          nothing can be skipped to"
     )]
-    Closed { context_id: String, final_seq: u64 },
+    Closed {
+        /// The context.
+        context_id: String,
+        /// Its final position.
+        final_seq: u64,
+    },
+    /// A retry of a context that is neither blocked nor retrying.
     #[error(
         "context {0:?} is neither blocked nor retrying: nothing to retry (reseq inspect shows what it waits for; \
          reseq skip moves past a missing position)"
     )]
     NothingToRetry(String),
+    /// A worker holds the context's lease.
     #[error(
         "context {context_id:?} is leased by {owner} until {until} ms since the epoch: a worker is releasing it; try \
          again once the lease is given back"
     )]
     Leased {
+        /// The context.
         context_id: String,
+        /// The lease holder.
         owner: String,
+        /// When its lease ends, in ms since the epoch.
         until: u64,
     },
+    /// The state kept changing under the request.
     #[error("context {0:?} kept changing under the request (busy workers): try again")]
     Raced(String),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -127,7 +152,9 @@ pub enum AdminError {
 /// What an accepted request changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Requested {
+    /// The context.
     pub context_id: String,
+    /// What was asked.
     pub action: OperatorAction,
     /// The state as written: the workers' next sweep carries the request out.
     pub state: ContextState,

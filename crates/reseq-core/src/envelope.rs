@@ -11,14 +11,18 @@ use crate::time::Millis;
 /// One SQS-style message attribute. `data_type` keeps custom suffixes (`Number.float`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttributeValue {
+    /// `String`, `Number` or `Binary`, with any custom suffix.
     pub data_type: String,
+    /// The value of a `String` or `Number` attribute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub string: Option<String>,
+    /// The value of a `Binary` attribute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<Bytes>,
 }
 
 impl AttributeValue {
+    /// A `String` attribute.
     pub fn string(s: impl Into<String>) -> AttributeValue {
         AttributeValue {
             data_type: "String".into(),
@@ -26,6 +30,7 @@ impl AttributeValue {
             binary: None,
         }
     }
+    /// A `Number` attribute.
     pub fn number(n: impl ToString) -> AttributeValue {
         AttributeValue {
             data_type: "Number".into(),
@@ -35,6 +40,7 @@ impl AttributeValue {
     }
 }
 
+/// A message's attributes, by name.
 pub type Attributes = BTreeMap<String, AttributeValue>;
 
 /// The attribute under which a message's AWS X-Ray trace header (SQS's *system* attribute
@@ -49,10 +55,13 @@ pub const TRACE_HEADER: &str = "AWSTraceHeader";
 pub struct RawMessage {
     /// The SQS `MessageId` (in `reseq run`: the input line number).
     pub message_id: String,
+    /// The body, byte for byte.
     pub body: Bytes,
+    /// The message attributes (and the trace header under [`TRACE_HEADER`]).
     pub attributes: Attributes,
     /// The FIFO `MessageGroupId`, when there is one.
     pub group_id: Option<String>,
+    /// When it was received (the retention and gap timeouts count from here).
     pub received_at: Millis,
     /// How many times the source has delivered this message, this time included (SQS
     /// `ApproximateReceiveCount`); 0 when the source does not count. A message held back
@@ -64,11 +73,17 @@ pub struct RawMessage {
 /// A message whose context and position are known: the unit the engine orders.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
+    /// The context it belongs to.
     pub context_id: String,
+    /// Its position in the context.
     pub seq: u64,
+    /// As [`RawMessage::message_id`].
     pub message_id: String,
+    /// As [`RawMessage::body`].
     pub body: Bytes,
+    /// As [`RawMessage::attributes`].
     pub attributes: Attributes,
+    /// As [`RawMessage::received_at`].
     pub received_at: Millis,
     /// `final=true`: releasing this message closes the context (SPEC §2).
     pub is_final: bool,
@@ -101,6 +116,7 @@ impl Envelope {
     }
 }
 
+/// The hash that tells two bodies apart (XXH3, 64 bits).
 pub fn body_hash(body: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(body)
 }

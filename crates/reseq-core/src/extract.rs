@@ -13,11 +13,14 @@ pub const SQS_MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}: {detail}")]
 pub struct Rejection {
+    /// The SPEC's reason name (`missing-context-id`, `invalid-sequence`, …).
     pub reason: Reason,
+    /// What exactly, in words.
     pub detail: String,
 }
 
 impl Rejection {
+    /// A rejection for `reason`.
     pub fn new(reason: Reason, detail: impl Into<String>) -> Rejection {
         Rejection {
             reason,
@@ -29,16 +32,21 @@ impl Rejection {
 /// Where to look for the context id, the position and the end marker.
 #[derive(Clone, Debug)]
 pub struct Extractor {
+    /// Message attribute holding the context id (`contextId`).
     pub context_attr: String,
+    /// Message attribute holding the position (`sequence`).
     pub seq_attr: String,
     /// JSON Pointer into the body (`/orderId`), or none.
     pub context_path: Option<String>,
+    /// JSON Pointer to the position in the body, or none.
     pub seq_path: Option<String>,
     /// Use the FIFO `MessageGroupId` as the context id when nothing else matched.
     pub context_from_group_id: bool,
+    /// Message attribute that marks the last message of a context (`final`).
     pub final_attr: String,
     /// JSON Pointer to a boolean (or `"true"`) that marks the last message of a context.
     pub final_path: Option<String>,
+    /// Larger bodies are rejected `too-large` (SQS's 1 MiB by default).
     pub max_body_bytes: usize,
     /// Typed sequences (SPEC §5): where a message's type and idempotence id come from.
     /// With it, every message is typed; without it, every message is numeric.
@@ -48,6 +56,7 @@ pub struct Extractor {
 /// Where a typed message's type, context and idempotence id come from (SPEC §5).
 #[derive(Clone, Debug)]
 pub struct TypedExtraction {
+    /// The sequence file: which types exist and what each waits for.
     pub sequences: std::sync::Arc<crate::sequences::SequenceFile>,
     /// Message attribute holding the type (`--type-attr`, default `messageType`).
     pub type_attr: String,
@@ -63,6 +72,8 @@ pub struct TypedExtraction {
 }
 
 impl TypedExtraction {
+    /// Typed extraction for `sequences` with the flags' defaults (type in the
+    /// `messageType` attribute, the source's message id as idempotence id).
     pub fn new(sequences: std::sync::Arc<crate::sequences::SequenceFile>) -> TypedExtraction {
         TypedExtraction {
             sequences,
@@ -101,6 +112,28 @@ impl Extractor {
         }
     }
 
+    /// The envelope of `raw` (attributes first, then JSON Pointers, then the FIFO group
+    /// id), or the rejection that names what is missing or malformed.
+    ///
+    /// ```
+    /// use reseq_core::{AttributeValue, Extractor, RawMessage, Reason};
+    ///
+    /// let extractor = Extractor::default(); // attributes contextId and sequence
+    /// let raw = RawMessage {
+    ///     body: "{}".into(),
+    ///     attributes: [
+    ///         ("contextId".to_string(), AttributeValue::string("order-7")),
+    ///         ("sequence".to_string(), AttributeValue::number(3)),
+    ///     ]
+    ///     .into(),
+    ///     ..RawMessage::default()
+    /// };
+    /// let envelope = extractor.extract(raw).unwrap();
+    /// assert_eq!((envelope.context_id.as_str(), envelope.seq), ("order-7", 3));
+    ///
+    /// let rejection = extractor.extract(RawMessage::default()).unwrap_err();
+    /// assert_eq!(rejection.reason, Reason::MissingContextId);
+    /// ```
     pub fn extract(&self, raw: RawMessage) -> Result<Envelope, Rejection> {
         if raw.body.len() > self.max_body_bytes {
             return Err(Rejection::new(

@@ -15,6 +15,12 @@
 //!
 //! Adapters (SQLite, DynamoDB, SQS, Lambda, the CLI) live in their own crates and only
 //! translate.
+//!
+//! To run reseq with a handler of your own, implement [`Handler`] (its documentation has
+//! a runnable example of the contract on [`MemoryStore`] and [`ManualClock`]) and
+//! assemble it with `reseq_settings::Resequencer`.
+
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod engine;

@@ -34,6 +34,9 @@ fn entry_mut<'a>(m: &'a mut HashMap<String, Entry>, context_id: &str) -> &'a mut
     m.get_mut(context_id).expect("inserted above")
 }
 
+/// The reference [`StagingStore`], in memory: every behaviour the store contract asks for
+/// (the conformance suite runs on it), nothing durable. For tests, simulations, examples
+/// and `reseq run` without `--state`.
 #[derive(Default)]
 pub struct MemoryStore {
     contexts: Mutex<HashMap<String, Entry>>,
@@ -42,6 +45,7 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// An empty store.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }

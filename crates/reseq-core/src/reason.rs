@@ -5,21 +5,33 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// Why a message went to the dead-letter sink; [`Reason::as_str`] is its SPEC name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
+    /// `invalid-json`: a JSON Pointer was configured and the body is not JSON.
     InvalidJson,
+    /// `missing-context-id`: no attribute, path or group id gave a context id.
     MissingContextId,
     /// The context id is present but not usable: empty, over 1024 bytes, or not a string.
     InvalidContextId,
+    /// `missing-sequence`: no attribute or path gave a position.
     MissingSequence,
+    /// `invalid-sequence`: the position is no whole number, or below the first position.
     InvalidSequence,
+    /// `missing-type`: a typed sequence's message without a type.
     MissingType,
+    /// `unknown-type`: a type no sequence declares.
     UnknownType,
+    /// `too-large`: a body over the limit (the source's, or the store's item limit).
     TooLarge,
+    /// `conflict`: another body for a position already staged or released.
     Conflict,
+    /// `late`: a position that had been skipped (`--late dlq`).
     Late,
+    /// `expired`: it waited longer than the retention.
     Expired,
+    /// `handler-failed`: poison under `--on-poison skip`, or rejected by the target.
     HandlerFailed,
     /// `reseq run` only: the context still held `--max-staged` messages when the input ended,
     /// so this line could be neither released nor staged.
@@ -48,6 +60,7 @@ impl Reason {
         Reason::Unreleased,
     ];
 
+    /// The name users see (`reseqReason`, the DLQ file's `reason`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Reason::InvalidJson => "invalid-json",

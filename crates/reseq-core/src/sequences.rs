@@ -65,12 +65,14 @@ use crate::time::{Duration, Millis};
 /// A parsed and validated sequence file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SequenceFile {
+    /// Its sequences, in file order.
     pub sequences: Vec<Sequence>,
 }
 
 /// One named sequence of message types.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sequence {
+    /// Its name (`name:`), unique in the file.
     pub name: String,
     /// How long an instance's records are kept (`retention: 14d`); none: the worker's
     /// `--retention`.
@@ -240,7 +242,14 @@ macro_rules! sequence_file_errors {
             $(
                 $(#[$doc])*
                 #[error("{file}:{line}: {message}")]
-                $variant { file: String, line: usize, message: String },
+                $variant {
+                    /// The file's label (its path, or `RESEQ_SEQUENCES`).
+                    file: String,
+                    /// The line (1-based) of the offending entry.
+                    line: usize,
+                    /// What is wrong and how to fix it.
+                    message: String,
+                },
             )*
         }
 

@@ -24,11 +24,14 @@ use crate::time::Millis;
 /// An inclusive range of positions that were given up on (gap timeout).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeqRange {
+    /// The first position of the range.
     pub first: u64,
+    /// The last position of the range (included).
     pub last: u64,
 }
 
 impl SeqRange {
+    /// Whether `seq` is in the range.
     pub fn contains(&self, seq: u64) -> bool {
         self.first <= seq && seq <= self.last
     }
@@ -37,9 +40,13 @@ impl SeqRange {
 /// The handler failed on `seq` and it will be tried again at `not_before`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryState {
+    /// The position that failed.
     pub seq: u64,
+    /// Attempts counted so far.
     pub attempts: u32,
+    /// No retry before then.
     pub not_before: Millis,
+    /// The handler's last error.
     pub last_error: String,
     /// Failures while the target was out for every context (the circuit was open): they
     /// back the retry off but count no attempt (SPEC §3: an outage is not poison).
@@ -55,24 +62,33 @@ fn is_zero(n: &u32) -> bool {
 /// failed): the sweep tries again at `not_before`, backing off, and the store keeps them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExpiryRetry {
+    /// Tries so far.
     pub attempts: u32,
+    /// No try before then.
     pub not_before: Millis,
+    /// The sink's last error.
     pub last_error: String,
 }
 
 /// The context stopped at `seq` (`--on-poison block`) until an operator acts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Blocked {
+    /// The poison message's position.
     pub seq: u64,
+    /// Attempts made.
     pub attempts: u32,
+    /// The handler's last error.
     pub error: String,
+    /// When it blocked.
     pub since: Millis,
 }
 
 /// A worker's claim on a context while it releases (SPEC §4).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
+    /// The holder (`<owner>/<n>`, see [`crate::engine::LeaseConfig`]).
     pub owner: String,
+    /// When it runs out unless renewed.
     pub until: Millis,
 }
 
@@ -85,15 +101,19 @@ pub struct ContextState {
     pub last_released: Option<u64>,
     /// Set by the store: 0 means "not stored yet"; each commit increments it.
     pub version: u64,
+    /// Positions given up on (gap timeouts, operators' skips, too-large messages).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<SeqRange>,
+    /// A handler retry that is pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryState>,
+    /// The context is stopped at a poison message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<Blocked>,
     /// The position of the `final` message, once released: the context is closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_seq: Option<u64>,
+    /// The worker releasing it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
     /// When this state was last written: with no messages waiting, the context's records
@@ -109,6 +129,7 @@ pub struct ContextState {
     /// computed by the engine at each commit. Stores index it: [`StagingStore::due`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_at: Option<Millis>,
+    /// Expired messages the sink could not take yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiry_retry: Option<ExpiryRetry>,
     /// An operator asked (`reseq skip`) to move the cursor to this position: the next
@@ -131,6 +152,7 @@ pub struct ContextState {
 /// staged at the position of its idempotence id's hash (see `Envelope::seq`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypedState {
+    /// The sequence's name.
     pub sequence: String,
     /// Processed type keys, each with the hash of its message's idempotence id (a second
     /// message of the type is a duplicate if the hash matches, else a conflict).
@@ -144,9 +166,11 @@ pub struct TypedState {
 /// One message of a typed instance waiting for its release condition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypedWaiting {
+    /// Its type key.
     pub type_key: String,
     /// Where it is staged: the hash of its idempotence id.
     pub seq: u64,
+    /// When it arrived.
     pub received_at: Millis,
 }
 
@@ -156,9 +180,13 @@ pub const OPERATOR_LOG: usize = 10;
 /// One operator action on a context (`reseq skip`, `reseq retry`): who, when, why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperatorAction {
+    /// `skip` or `retry` (requested), or what a worker did carrying it out.
     pub action: String,
+    /// Who.
     pub by: String,
+    /// When.
     pub at: Millis,
+    /// Why, in the operator's words.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
     /// What the action found or asked for (e.g. "positions 5..=6 skipped").
@@ -166,6 +194,7 @@ pub struct OperatorAction {
 }
 
 impl ContextState {
+    /// A context never stored: its cursor at `first_seq`, nothing else.
     pub fn new(first_seq: u64) -> ContextState {
         ContextState {
             next: first_seq,
@@ -195,6 +224,7 @@ impl ContextState {
         self.waiting_since.map(|since| Attention::Waiting { since })
     }
 
+    /// Whether `seq` was given up on.
     pub fn is_skipped(&self, seq: u64) -> bool {
         self.skipped.iter().any(|r| r.contains(seq))
     }
@@ -220,9 +250,15 @@ impl ContextState {
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Attention {
     /// Stopped at a poison message (`--on-poison block`) since then.
-    Blocked { since: Millis },
+    Blocked {
+        /// When it blocked.
+        since: Millis,
+    },
     /// Messages wait for a missing position, the oldest since then.
-    Waiting { since: Millis },
+    Waiting {
+        /// When the oldest waiting message arrived.
+        since: Millis,
+    },
 }
 
 impl Attention {
@@ -251,6 +287,7 @@ impl Attention {
         (Self::WAITING.to_string(), Attention::Waiting { since: before }.key())
     }
 
+    /// The attention an index key stands for ([`Attention::key`]'s inverse).
     pub fn parse(key: &str) -> Option<Attention> {
         let time = |digits: &str| digits.parse::<u64>().ok().map(Millis);
         if let Some(rest) = key.strip_prefix(Self::BLOCKED) {
@@ -261,6 +298,7 @@ impl Attention {
             .map(|since| Attention::Waiting { since })
     }
 
+    /// Since when.
     pub fn since(self) -> Millis {
         match self {
             Attention::Blocked { since } | Attention::Waiting { since } => since,
@@ -309,18 +347,26 @@ impl AttentionList {
 /// A message waiting in the store for its predecessors (or for a handler retry).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedMessage {
+    /// Its position.
     pub seq: u64,
+    /// The source's message id.
     pub message_id: String,
+    /// The body, byte for byte.
     pub body: Bytes,
+    /// The attributes as received.
     #[serde(default, skip_serializing_if = "Attributes::is_empty")]
     pub attributes: Attributes,
+    /// When it arrived.
     pub received_at: Millis,
+    /// [`crate::envelope::body_hash`] of the body: a copy with another hash conflicts.
     pub body_hash: u64,
+    /// It closes its context when released.
     #[serde(default)]
     pub is_final: bool,
 }
 
 impl StagedMessage {
+    /// The message of `env`, to stage.
     pub fn from_envelope(env: Envelope) -> StagedMessage {
         StagedMessage {
             seq: env.seq,
@@ -345,13 +391,18 @@ pub enum StageOutcome {
     Conflict,
     /// The message cannot be stored by this store (e.g. over DynamoDB's item size even
     /// compressed): nothing written; the engine dead-letters it as `too-large`.
-    TooLarge { limit_bytes: usize },
+    TooLarge {
+        /// The store's limit.
+        limit_bytes: usize,
+    },
 }
 
 /// How many messages wait at or after a position, and since when the oldest waits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Waiting {
+    /// How many.
     pub count: u64,
+    /// When the oldest arrived.
     pub oldest_received_at: Option<Millis>,
 }
 
@@ -367,8 +418,10 @@ pub struct Commit {
     pub remove_staged: Vec<u64>,
 }
 
+/// What a conditional commit found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommitOutcome {
+    /// Written.
     Committed,
     /// Someone else wrote the state since it was read: nothing written.
     VersionMismatch,
@@ -378,26 +431,38 @@ pub enum CommitOutcome {
 /// first, at most `limit`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DueQuery {
+    /// Contexts due at or before this time.
     pub now: Millis,
+    /// At most this many.
     pub limit: usize,
 }
 
 /// Read and write capacity units a store consumed (DynamoDB's billing units).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StoreUsage {
+    /// Read capacity units.
     pub read_units: f64,
+    /// Write capacity units.
     pub write_units: f64,
 }
 
 /// A store failure. `Unavailable` may succeed if tried again; `Fatal` will not.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Throttled, timed out, unreachable: may succeed if tried again.
     #[error("staging store unavailable: {0}")]
     Unavailable(String),
+    /// Missing table, access denied, a request the store refuses: will not.
     #[error("staging store failed: {0}")]
     Fatal(String),
+    /// A stored item that cannot be read back.
     #[error("staging store holds unreadable data for context {context_id:?}: {detail}")]
-    Corrupt { context_id: String, detail: String },
+    Corrupt {
+        /// The context whose item it is.
+        context_id: String,
+        /// What is wrong with it.
+        detail: String,
+    },
 }
 
 /// Durable staging for the engine. See the module documentation for the semantics each

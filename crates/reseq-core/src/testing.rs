@@ -22,11 +22,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// One handler call as the recorder saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivered {
+    /// [`Release::context_id`].
     pub context_id: String,
+    /// [`Release::seq`].
     pub seq: u64,
+    /// [`Release::prev_seq`].
     pub prev_seq: Option<u64>,
+    /// [`Release::body`].
     pub body: Bytes,
+    /// [`Release::late`].
     pub late: bool,
+    /// [`Release::attempt`].
     pub attempt: u32,
 }
 
@@ -39,6 +45,7 @@ pub struct RecordingHandler {
 }
 
 impl RecordingHandler {
+    /// A handler that has seen nothing and fails on nothing.
     pub fn new() -> RecordingHandler {
         RecordingHandler::default()
     }
@@ -48,6 +55,7 @@ impl RecordingHandler {
         lock(&self.failures).insert((context_id.to_string(), seq), errors);
     }
 
+    /// Every successful call, in order.
     pub fn delivered(&self) -> Vec<Delivered> {
         lock(&self.delivered).clone()
     }
@@ -83,14 +91,21 @@ impl Handler for RecordingHandler {
 /// One dead letter as the recorder saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejected {
+    /// [`DeadLetter::context_id`].
     pub context_id: String,
+    /// [`DeadLetter::seq`].
     pub seq: u64,
+    /// [`DeadLetter::message_id`].
     pub message_id: String,
+    /// [`DeadLetter::body`].
     pub body: Bytes,
+    /// [`DeadLetter::reason`].
     pub reason: Reason,
+    /// [`DeadLetter::detail`].
     pub detail: String,
 }
 
+/// A dead-letter sink that records every letter, and can be made unavailable.
 #[derive(Default)]
 pub struct RecordingDlq {
     letters: Mutex<Vec<Rejected>>,
@@ -98,18 +113,22 @@ pub struct RecordingDlq {
 }
 
 impl RecordingDlq {
+    /// A sink that has seen nothing.
     pub fn new() -> RecordingDlq {
         RecordingDlq::default()
     }
 
+    /// Every letter taken, in order.
     pub fn letters(&self) -> Vec<Rejected> {
         lock(&self.letters).clone()
     }
 
+    /// The letters' reasons, in order.
     pub fn reasons(&self) -> Vec<Reason> {
         lock(&self.letters).iter().map(|l| l.reason).collect()
     }
 
+    /// While `true`, every letter fails with a [`SinkError`].
     pub fn set_unavailable(&self, unavailable: bool) {
         self.unavailable.store(unavailable, Relaxed);
     }
@@ -135,13 +154,21 @@ impl DeadLetterSink for RecordingDlq {
 /// The store operations, for counting and fault injection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
+    /// [`StagingStore::load`].
     Load,
+    /// [`StagingStore::stage`].
     Stage,
+    /// [`StagingStore::staged`].
     Staged,
+    /// [`StagingStore::waiting`].
     Waiting,
+    /// [`StagingStore::commit`].
     Commit,
+    /// [`StagingStore::due`].
     Due,
+    /// [`StagingStore::flush`].
     Flush,
+    /// [`StagingStore::keep_staged`].
     Keep,
 }
 
@@ -158,6 +185,7 @@ const OPS: [Op; 8] = [
 
 /// Wraps a store: counts each operation and fails the ones switched to failing.
 pub struct CountingStore<S> {
+    /// The wrapped store.
     pub inner: S,
     counts: [AtomicU64; 8],
     failing: Mutex<Vec<Op>>,
@@ -167,6 +195,7 @@ pub struct CountingStore<S> {
 }
 
 impl<S> CountingStore<S> {
+    /// `inner`, counted, failing nothing yet.
     pub fn new(inner: S) -> CountingStore<S> {
         CountingStore {
             inner,
@@ -189,6 +218,7 @@ impl<S> CountingStore<S> {
         self.fired.swap(false, Relaxed)
     }
 
+    /// How many calls of `op` were made.
     pub fn count(&self, op: Op) -> u64 {
         self.counts[OPS.iter().position(|o| *o == op).unwrap_or(0)].load(Relaxed)
     }
@@ -198,6 +228,7 @@ impl<S> CountingStore<S> {
         self.count(Op::Stage) + self.count(Op::Commit)
     }
 
+    /// While `failing`, every call of `op` fails as unavailable.
     pub fn set_failing(&self, op: Op, failing: bool) {
         let mut f = lock(&self.failing);
         f.retain(|o| *o != op);

@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 pub struct Millis(pub u64);
 
 impl Millis {
+    /// `d` later (saturating).
     pub fn plus(self, d: Duration) -> Millis {
         Millis(self.0.saturating_add(d.0))
     }
+    /// `d` earlier (saturating at the epoch).
     pub fn minus(self, d: Duration) -> Millis {
         Millis(self.0.saturating_sub(d.0))
     }
@@ -29,17 +31,21 @@ impl Millis {
 pub struct Duration(pub u64);
 
 impl Duration {
+    /// `s` seconds.
     pub const fn from_secs(s: u64) -> Duration {
         Duration(s * 1000)
     }
+    /// `ms` milliseconds.
     pub const fn from_millis(ms: u64) -> Duration {
         Duration(ms)
     }
+    /// As a [`std::time::Duration`].
     pub fn as_std(self) -> std::time::Duration {
         std::time::Duration::from_millis(self.0)
     }
 }
 
+/// A duration that is not a whole number and a unit (`ms`, `s`, `m`, `h`, `d`).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid duration {input:?}: write a whole number and a unit, e.g. 500ms, 12s, 5m, 3h or 14d")]
 pub struct ParseDurationError {
@@ -80,6 +86,7 @@ impl fmt::Display for Duration {
 
 /// Where the engine reads the current time. The engine never looks at the wall clock itself.
 pub trait Clock: Send + Sync {
+    /// The current time.
     fn now(&self) -> Millis;
 }
 
@@ -103,14 +110,17 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
+    /// A clock standing at `start`.
     pub fn new(start: Millis) -> ManualClock {
         ManualClock {
             now: AtomicU64::new(start.0),
         }
     }
+    /// Moves it to `t` (backwards too).
     pub fn set(&self, t: Millis) {
         self.now.store(t.0, Ordering::SeqCst);
     }
+    /// Moves it `d` forward.
     pub fn advance(&self, d: Duration) {
         self.now.fetch_add(d.0, Ordering::SeqCst);
     }

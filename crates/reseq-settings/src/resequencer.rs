@@ -220,7 +220,7 @@ impl<H: Handler + 'static> ResequencerBuilder<H> {
         self
     }
 
-    /// The AWS configuration to use (default: the standard chain, [`aws_config`]), e.g.
+    /// The AWS configuration to use (default: the standard chain, [`aws_config()`]), e.g.
     /// the one your handler's own clients were made from.
     pub fn sdk_config(mut self, sdk: SdkConfig) -> Self {
         self.sdk = Some(sdk);

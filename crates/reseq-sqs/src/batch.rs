@@ -64,7 +64,52 @@ impl Verdict {
     }
 }
 
-/// The engine, its handler and DLQ, and how to read and reject SQS messages.
+/// The engine, its handler and DLQ, and how to read and reject SQS messages: one batch
+/// of received messages in ([`Processor::process`]), one [`Verdict`] per message out —
+/// whether it may be deleted from the queue — and the timer sweep
+/// ([`Processor::sweep`]). The worker ([`crate::worker::Worker`]) and the Lambda function
+/// ([`crate::lambda::handle`]) drive it; `reseq_settings::Resequencer` assembles it on
+/// DynamoDB with the per-context lease every SQS processor needs.
+///
+/// The contract, on the in-memory store (context and position from the `contextId` and
+/// `sequence` attributes, [`Extractor::default`]):
+///
+/// ```
+/// use reseq_core::testing::{RecordingDlq, RecordingHandler};
+/// use reseq_core::{AttributeValue, Engine, EngineConfig, Extractor, ManualClock, MemoryStore, Millis, RawMessage};
+/// use reseq_sqs::batch::{InvalidPolicy, Processor};
+///
+/// let engine = Engine::new(MemoryStore::new(), ManualClock::new(Millis(0)), EngineConfig::default());
+/// let processor = Processor::new(
+///     engine,
+///     Extractor::default(),
+///     RecordingHandler::new(),
+///     RecordingDlq::new(),
+///     InvalidPolicy::Redrive,
+/// );
+/// let message = |id: &str, seq: u64| RawMessage {
+///     message_id: id.into(),
+///     body: format!("step {seq}").into(),
+///     attributes: [
+///         ("contextId".to_string(), AttributeValue::string("order-1")),
+///         ("sequence".to_string(), AttributeValue::number(seq)),
+///     ]
+///     .into(),
+///     ..RawMessage::default()
+/// };
+/// let no_attributes = RawMessage { message_id: "m-x".into(), body: "?".into(), ..RawMessage::default() };
+///
+/// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// // Position 3 arrives first: staged, and deletable (it is durable in the store).
+/// let verdicts = runtime.block_on(processor.process(vec![message("m-3", 3), no_attributes], None));
+/// assert!(verdicts[0].deletable());
+/// // No context id: invalid; under `--invalid redrive` it stays on the queue.
+/// assert!(!verdicts[1].deletable());
+/// // Positions 1 and 2 release 1, 2 and the waiting 3, in order.
+/// let verdicts = runtime.block_on(processor.process(vec![message("m-2", 2), message("m-1", 1)], None));
+/// assert!(verdicts.iter().all(|v| v.deletable()));
+/// assert_eq!(processor.handler().seqs("order-1"), [1, 2, 3]);
+/// ```
 pub struct Processor<S, C, H, D> {
     engine: Engine<S, C>,
     extractor: Extractor,
@@ -87,6 +132,9 @@ pub struct Processor<S, C, H, D> {
 }
 
 impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H, D> {
+    /// A processor on `engine`: messages are read by `extractor`, released to `handler`,
+    /// dead-lettered to `dlq`, and invalid ones left to the queue or dead-lettered as
+    /// `invalid` says. No metrics until [`Processor::with_telemetry`].
     pub fn new(engine: Engine<S, C>, extractor: Extractor, handler: H, dlq: D, invalid: InvalidPolicy) -> Self {
         Processor {
             engine,
@@ -111,6 +159,7 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
         self
     }
 
+    /// Where the metrics go.
     pub fn telemetry(&self) -> &Telemetry {
         &self.telemetry
     }
@@ -156,10 +205,12 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Processor<S, C, H
         self.telemetry.record(observation);
     }
 
+    /// The engine: its [`Engine::stats`], its store, its clock.
     pub fn engine(&self) -> &Engine<S, C> {
         &self.engine
     }
 
+    /// The handler released messages go to.
     pub fn handler(&self) -> &H {
         &self.handler
     }

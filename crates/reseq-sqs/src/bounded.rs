@@ -13,15 +13,18 @@ use reseq_core::{Handler, HandlerError, Release};
 
 /// A handler whose every call ends within `timeout`.
 pub struct Bounded<H> {
+    /// The handler whose calls are bounded.
     pub inner: H,
     timeout: Duration,
 }
 
 impl<H> Bounded<H> {
+    /// `inner`, each call cut after `timeout`.
     pub fn new(inner: H, timeout: Duration) -> Bounded<H> {
         Bounded { inner, timeout }
     }
 
+    /// How long one call may take.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }

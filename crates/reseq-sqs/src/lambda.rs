@@ -13,19 +13,29 @@ use crate::message::from_lambda;
 /// How many due contexts one sweep query returns.
 const SWEEP_PAGE: usize = 100;
 
+/// Why an invocation failed as a whole (Lambda then retries the whole event).
 #[derive(Debug, thiserror::Error)]
 pub enum LambdaError {
+    /// Neither an SQS event nor a scheduled one: the function's triggers are wrong.
     #[error(
         "unsupported event: reseq's function takes SQS events and scheduled (EventBridge) events; check its \
          triggers ({0})"
     )]
     Unsupported(String),
+    /// A record without `messageId` that could not be settled: a partial batch response
+    /// cannot name it.
     #[error(
         "record {position} of the batch has no messageId and could not be settled ({why}); a partial batch response \
          cannot name it, so the whole batch fails and SQS delivers it again (records settled in this batch come back \
          as duplicates and are dropped)"
     )]
-    NoMessageId { position: usize, why: String },
+    NoMessageId {
+        /// The record's index in the batch.
+        position: usize,
+        /// Why it could not be settled (held, invalid, behind a failure of its group).
+        why: String,
+    },
+    /// The scheduled sweep could not read or write the store.
     #[error("the timer sweep failed: {0}; the next scheduled event tries again")]
     Sweep(String),
 }
@@ -33,11 +43,15 @@ pub enum LambdaError {
 /// What the function was invoked with.
 #[derive(Debug)]
 pub enum Event {
+    /// A batch from the input queue's event source mapping.
     Sqs(SqsEvent),
+    /// A scheduled (EventBridge) event: run the timer sweep.
     Scheduled,
 }
 
 impl Event {
+    /// Tells an SQS event (`Records`) from a scheduled one (`source: aws.events` or
+    /// `detail-type: Scheduled Event`); anything else is [`LambdaError::Unsupported`].
     pub fn parse(payload: Value) -> Result<Event, LambdaError> {
         if payload.get("Records").is_some() {
             return serde_json::from_value(payload)

@@ -14,6 +14,12 @@
 //! - [`ids`]: FIFO group/dedup ids and attributes within SQS's limits;
 //! - [`dlq`]: the dead-letter queue behind `--dlq-url`, with `reseqReason` and
 //!   `reseqDetail` attributes.
+//!
+//! A processor with a handler of your own is assembled by `reseq_settings::Resequencer`
+//! (which always sets the lease SQS needs) and run by its worker or by `reseq_lambda::run`;
+//! [`batch::Processor`] shows the batch contract on the in-memory store.
+
+#![warn(missing_docs)]
 
 pub mod batch;
 pub mod bounded;

@@ -9,7 +9,9 @@ use reseq_core::{AttributeValue, Attributes, Millis, RawMessage, TRACE_HEADER};
 /// A message received by the worker, with what it needs to delete or extend it later.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// The message for the engine.
     pub raw: RawMessage,
+    /// What deletes it, or changes its visibility.
     pub receipt_handle: String,
 }
 

@@ -66,9 +66,15 @@ pub enum OutputTarget {
     /// `stdout`
     Stdout,
     /// `sqs:<queue-url>`
-    Sqs { queue_url: String },
+    Sqs {
+        /// The output queue.
+        queue_url: String,
+    },
     /// `http://…` or `https://…`
-    Http { url: String },
+    Http {
+        /// Where each message is POSTed.
+        url: String,
+    },
 }
 
 const FORMS: &str = "stdout, sqs:<queue-url> or an http(s):// URL";
@@ -124,13 +130,25 @@ fn http_uri(url: &str) -> Result<Uri, String> {
 /// Why [`Output::connect`] failed; each names the resource.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
+    /// The output queue cannot be used.
     #[error(
         "cannot use the output queue {queue_url}: {detail} (check the URL, the region and the credentials' SQS \
          permissions)"
     )]
-    Queue { queue_url: String, detail: String },
+    Queue {
+        /// The output queue.
+        queue_url: String,
+        /// What SQS answered.
+        detail: String,
+    },
+    /// The HTTP output's URL cannot be used.
     #[error("cannot use the output URL {url}: {detail}")]
-    Http { url: String, detail: String },
+    Http {
+        /// The URL.
+        url: String,
+        /// Why.
+        detail: String,
+    },
 }
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;

@@ -25,8 +25,10 @@ use tokio::sync::watch;
 use crate::batch::{Processor, Verdict};
 use crate::message::{Received, from_sdk};
 
+/// How the worker receives (`reseq_settings::ReceiveArgs` is the same, as flags).
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
+    /// The input queue, FIFO or standard.
     pub queue_url: String,
     /// Receive loops: each has at most one batch (10 messages) in flight.
     pub receivers: usize,
@@ -47,21 +49,33 @@ pub struct WorkerConfig {
 /// What the worker did, for the line it prints at exit.
 #[derive(Clone, Debug, Default)]
 pub struct WorkerReport {
+    /// Messages received (a redelivery counts again).
     pub received: u64,
+    /// Messages deleted: settled (released, staged, dead-lettered, duplicates).
     pub deleted: u64,
     /// Receives of messages left on the queue (held, invalid for redrive, failed deletes).
     pub left: u64,
+    /// Deletes that failed (the message comes back and is dropped as a duplicate).
     pub delete_failures: u64,
+    /// Contexts the timer sweep looked at.
     pub contexts_swept: u64,
+    /// Why it stopped: the stop signal, idle, or the queue.
     pub stopped_by: String,
 }
 
+/// Why the worker cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// The input queue is missing or cannot be used (no retry fixes it).
     #[error(
         "cannot use queue {queue_url}: {detail} (check --queue-url, the region and the credentials' SQS permissions)"
     )]
-    Queue { queue_url: String, detail: String },
+    Queue {
+        /// The input queue.
+        queue_url: String,
+        /// What SQS answered.
+        detail: String,
+    },
 }
 
 /// What the worker reads about its input queue at start, in the one `GetQueueAttributes`
@@ -144,6 +158,11 @@ const PERMANENT_CODES: [&str; 6] = [
     "InvalidClientTokenId",
 ];
 
+/// The long-polling worker: [`WorkerConfig::receivers`] receive loops (each with one batch
+/// of up to 10 in flight, its visibility extended while the handler runs, each message
+/// deleted only once settled) and a timer sweep, all on one task, until a stop.
+/// `reseq_settings::ResequencerBuilder::run_worker` makes one on DynamoDB, with
+/// [`inspect_queue`] and [`stage_held_after`] applied first.
 pub struct Worker<S, C, H, D> {
     sqs: Client,
     processor: Processor<S, C, H, D>,
@@ -180,6 +199,7 @@ impl<S: StagingStore, C: Clock, H: Handler, D: DeadLetterSink> Worker<S, C, H, D
         }
     }
 
+    /// The processor: after [`Worker::run`], its engine's stats and its store's cost.
     pub fn processor(&self) -> &Processor<S, C, H, D> {
         &self.processor
     }

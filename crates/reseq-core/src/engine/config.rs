@@ -6,9 +6,12 @@ use super::*;
 /// What to do with a message whose position was skipped (`--late`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LatePolicy {
+    /// `dlq`: to the dead-letter sink with reason `late`.
     #[default]
     DeadLetter,
+    /// `drop`: counted and dropped.
     Drop,
+    /// `deliver`: handed to the handler anyway, with [`Release::late`] set.
     Deliver,
 }
 
@@ -27,8 +30,10 @@ impl FromStr for LatePolicy {
 /// What to do when the handler fails permanently or runs out of attempts (`--on-poison`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PoisonPolicy {
+    /// `block`: the context stops at the message until an operator retries or skips it.
     #[default]
     Block,
+    /// `skip`: the message is dead-lettered `handler-failed` and the context goes on.
     Skip,
 }
 
@@ -43,17 +48,38 @@ impl FromStr for PoisonPolicy {
     }
 }
 
+/// The ordering rules (SPEC §2–§4). [`Default`] is the flags' defaults, with no lease:
+/// right for one process per context (`reseq run`, tests); every SQS processor sets
+/// [`EngineConfig::lease`] (`reseq_settings::Resequencer` always does).
+///
+/// ```
+/// use reseq_core::{Duration, EngineConfig, LatePolicy};
+///
+/// let config = EngineConfig {
+///     gap_timeout: Some(Duration::from_secs(30)),
+///     late: LatePolicy::Drop,
+///     ..EngineConfig::default()
+/// };
+/// assert_eq!(config.first_seq, 1);
+/// assert!(config.lease.is_none());
+/// ```
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
+    /// The first position of every context (`--first-seq`).
     pub first_seq: u64,
     /// `None`: wait for a missing position forever.
     pub gap_timeout: Option<Duration>,
+    /// What a message whose position was skipped becomes (`--late`).
     pub late: LatePolicy,
     /// Positions more than this far ahead of the cursor are held back (backpressure), so a
     /// context never has more than this many messages waiting.
     pub max_staged: u64,
+    /// Waiting messages older than this are dead-lettered `expired`; a context idle this
+    /// long with nothing waiting is forgotten (`--retention`).
     pub retention: Duration,
+    /// Handler attempts before a retryable failure makes the message poison.
     pub max_attempts: u32,
+    /// What a poison message does (`--on-poison`).
     pub on_poison: PoisonPolicy,
     /// Take a per-context lease before releasing (several workers may see one context at
     /// once: a standard queue, or FIFO with a group that is not the context). `None` when
@@ -76,7 +102,9 @@ pub struct EngineConfig {
 /// (a worker's receive loops, its sweep) exclude each other as other workers do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseConfig {
+    /// This process's name in the leases (unique among the workers).
     pub owner: String,
+    /// How long a lease lasts.
     pub duration: Duration,
 }
 

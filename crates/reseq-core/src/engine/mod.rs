@@ -69,7 +69,34 @@ const FIRST_PAGE: usize = 16;
 
 const PAGE: usize = 512;
 
-/// The engine over a store `S` and a clock `C`.
+/// The engine over a store `S` and a clock `C`: batches of [`Envelope`]s in
+/// ([`Engine::process`]), ordered [`Handler`] calls and dead letters out, one
+/// [`Outcome`] per message telling the caller whether it may acknowledge it; timers
+/// (gap timeouts, retries, retention) fired by [`Engine::sweep`]. One engine may serve
+/// many calls at once; several engines (processes) may share a store when each has a
+/// [`EngineConfig::lease`].
+///
+/// ```
+/// use reseq_core::testing::{RecordingDlq, RecordingHandler};
+/// use reseq_core::{Duration, Engine, EngineConfig, Envelope, ManualClock, MemoryStore, Millis, Outcome};
+///
+/// let config = EngineConfig { gap_timeout: Some(Duration::from_secs(30)), ..EngineConfig::default() };
+/// let engine = Engine::new(MemoryStore::new(), ManualClock::new(Millis(0)), config);
+/// let (handler, dlq) = (RecordingHandler::new(), RecordingDlq::new());
+/// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+///
+/// // Position 1 never comes: 2 and 3 wait, 2 again is a duplicate.
+/// let batch = vec![Envelope::new("a", 3, "c"), Envelope::new("a", 2, "b"), Envelope::new("a", 2, "b")];
+/// let outcomes = runtime.block_on(engine.process(batch, &handler, &dlq));
+/// assert_eq!(outcomes, [Outcome::Staged, Outcome::Staged, Outcome::Duplicate]);
+/// assert!(handler.seqs("a").is_empty());
+///
+/// // After the gap timeout the sweep skips position 1 and releases 2 and 3, in order.
+/// engine.clock().advance(Duration::from_secs(31));
+/// runtime.block_on(engine.sweep(&handler, &dlq, 100)).unwrap();
+/// assert_eq!(handler.seqs("a"), [2, 3]);
+/// assert_eq!(engine.stats().gaps_skipped, 1);
+/// ```
 pub struct Engine<S, C> {
     store: S,
     clock: C,
@@ -89,6 +116,7 @@ pub struct Engine<S, C> {
 }
 
 impl<S: StagingStore, C: Clock> Engine<S, C> {
+    /// An engine on `store`, reading the time from `clock`, with `config`'s rules.
     pub fn new(store: S, clock: C, config: EngineConfig) -> Engine<S, C> {
         Engine {
             store,
@@ -109,18 +137,22 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         self
     }
 
+    /// The store.
     pub fn store(&self) -> &S {
         &self.store
     }
 
+    /// The clock.
     pub fn clock(&self) -> &C {
         &self.clock
     }
 
+    /// The rules it runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }
 
+    /// Its counters since it was created.
     pub fn stats(&self) -> Stats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Relaxed);

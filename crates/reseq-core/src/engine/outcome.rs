@@ -26,6 +26,7 @@ impl Outcome {
     }
 }
 
+/// Why a message was not settled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Hold {
     /// The position is more than `max_staged` ahead of the cursor (backpressure).

@@ -5,20 +5,35 @@ use super::*;
 /// Counters since the engine was created.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
+    /// Messages given to [`Engine::process`].
     pub received: u64,
+    /// Messages handed to the handler successfully.
     pub released: u64,
+    /// Messages staged to wait for their predecessors.
     pub staged: u64,
+    /// Copies of positions already released or staged.
     pub duplicates: u64,
+    /// Copies of a position with another body.
     pub conflicts: u64,
+    /// Messages whose position had been skipped.
     pub late: u64,
+    /// Gaps skipped after the gap timeout.
     pub gaps_skipped: u64,
+    /// Positions those gaps (and operators' skips) covered.
     pub positions_skipped: u64,
+    /// Handler failures retried later.
     pub handler_retries: u64,
+    /// Messages that became poison.
     pub poison: u64,
+    /// Contexts stopped at a poison message (`--on-poison block`).
     pub blocked: u64,
+    /// Waiting messages past the retention.
     pub expired: u64,
+    /// Messages sent to the dead-letter sink.
     pub dead_lettered: u64,
+    /// Messages not settled (the source delivers them again).
     pub held: u64,
+    /// Idle contexts forgotten after the retention.
     pub contexts_forgotten: u64,
     /// Messages held back by `max_staged` that came back `stage_held_after` times and
     /// were staged beyond the window.
@@ -36,7 +51,9 @@ pub struct Stats {
     pub handler_errors: u64,
     /// Messages not settled, by why: `held` is their sum.
     pub held_capacity: u64,
+    /// Held because another writer changed the context meanwhile.
     pub held_busy: u64,
+    /// Held because the store, the handler or the sink failed.
     pub held_failed: u64,
     /// Releases that found another worker holding the context's lease (they left the
     /// release to it).
@@ -51,8 +68,11 @@ pub struct Stats {
 /// nor hides its worst case.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReleaseLatencies {
+    /// Some of the latencies, in milliseconds.
     pub sample_ms: Vec<u64>,
+    /// How many releases there were.
     pub count: u64,
+    /// The longest latency of all of them.
     pub max_ms: u64,
 }
 
