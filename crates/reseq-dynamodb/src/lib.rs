@@ -126,6 +126,8 @@
 //! It does support `ReturnValuesOnConditionCheckFailure`, transaction cancellation
 //! reasons, empty strings and binaries outside keys, and the 400 KB item limit.
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

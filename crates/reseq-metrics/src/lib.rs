@@ -17,6 +17,8 @@
 //! dead letters and invalid messages are counted a second time with `Reason` (the SPEC §7
 //! reason names, a closed set). Never a context id.
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::str::FromStr;
@@ -49,12 +51,16 @@ pub enum Kind {
 /// One metric reseq emits.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Metric {
+    /// The CloudWatch metric name.
     pub name: &'static str,
+    /// The CloudWatch unit (`Count`, `Milliseconds`, `Seconds`).
     pub unit: &'static str,
+    /// Counter, gauge or histogram.
     pub kind: Kind,
     /// Also emitted with the `Reason` dimension.
     #[serde(skip)]
     pub by_reason: bool,
+    /// What it counts or measures.
     pub description: &'static str,
 }
 
@@ -68,42 +74,67 @@ const fn counter(name: &'static str, description: &'static str) -> Metric {
     }
 }
 
+/// `Received`: messages received from the source.
 pub const RECEIVED: Metric = counter("Received", "messages received from the source");
+/// `Released`: messages handed to the handler successfully.
 pub const RELEASED: Metric = counter("Released", "messages handed to the handler successfully");
+/// `Staged`: messages written to the staging table to wait.
 pub const STAGED: Metric = counter("Staged", "messages written to the staging table to wait");
+/// `Duplicates`: copies of a position already staged or released.
 pub const DUPLICATES: Metric = counter("Duplicates", "copies of a position already staged or released");
+/// `Late`: messages whose position was skipped or came after the final one.
 pub const LATE: Metric = counter(
     "Late",
     "messages whose position was skipped or came after the final one",
 );
+/// `Invalid`: messages without a usable context id or position.
 pub const INVALID: Metric = Metric {
     by_reason: true,
     ..counter("Invalid", "messages without a usable context id or position")
 };
+/// `DeadLettered`: messages sent to the dead-letter queue.
 pub const DEAD_LETTERED: Metric = Metric {
     by_reason: true,
     ..counter("DeadLettered", "messages sent to the dead-letter queue")
 };
+/// `Conflicts`: copies of a position with another body (the first copy wins).
 pub const CONFLICTS: Metric = counter(
     "Conflicts",
     "copies of a position with another body (the first copy wins)",
 );
+/// `GapsSkipped`: gaps given up after --gap-timeout.
 pub const GAPS_SKIPPED: Metric = counter("GapsSkipped", "gaps given up after --gap-timeout");
+/// `PositionsSkipped`: positions inside the skipped gaps.
 pub const POSITIONS_SKIPPED: Metric = counter("PositionsSkipped", "positions inside the skipped gaps");
+/// `HandlerErrors`: handler calls that failed.
 pub const HANDLER_ERRORS: Metric = counter("HandlerErrors", "handler calls that failed");
+/// `Poison`: messages the handler failed on for good.
 pub const POISON: Metric = counter("Poison", "messages the handler failed on for good");
+/// `Blocked`: contexts newly blocked by a poison message.
 pub const BLOCKED: Metric = counter("Blocked", "contexts newly blocked by a poison message");
+/// `Expired`: waiting messages dead-lettered after the retention.
 pub const EXPIRED: Metric = counter("Expired", "waiting messages dead-lettered after the retention");
+/// `HeldCapacity`: messages held back by --max-staged (redelivered).
 pub const HELD_CAPACITY: Metric = counter("HeldCapacity", "messages held back by --max-staged (redelivered)");
+/// `HeldBusy`: messages held because another writer changed the context.
 pub const HELD_BUSY: Metric = counter("HeldBusy", "messages held because another writer changed the context");
+/// `HeldFailed`: messages held because the store, handler or DLQ failed.
 pub const HELD_FAILED: Metric = counter("HeldFailed", "messages held because the store, handler or DLQ failed");
+/// `LeaseConflicts`: releases left to the worker holding the lease.
 pub const LEASE_CONFLICTS: Metric = counter("LeaseConflicts", "releases left to the worker holding the lease");
+/// `LeasesTakenOver`: leases taken from a worker that died or stalled.
 pub const LEASES_TAKEN_OVER: Metric = counter("LeasesTakenOver", "leases taken from a worker that died or stalled");
+/// `Sweeps`: timer sweeps run.
 pub const SWEEPS: Metric = counter("Sweeps", "timer sweeps run");
+/// `SweepErrors`: timer sweeps that failed.
 pub const SWEEP_ERRORS: Metric = counter("SweepErrors", "timer sweeps that failed");
+/// `ContextsSwept`: contexts a sweep looked at.
 pub const CONTEXTS_SWEPT: Metric = counter("ContextsSwept", "contexts a sweep looked at");
+/// `DynamoDBReadUnits`: DynamoDB read capacity units consumed.
 pub const READ_UNITS: Metric = counter("DynamoDBReadUnits", "DynamoDB read capacity units consumed");
+/// `DynamoDBWriteUnits`: DynamoDB write capacity units consumed.
 pub const WRITE_UNITS: Metric = counter("DynamoDBWriteUnits", "DynamoDB write capacity units consumed");
+/// `ReleaseLatency`: arrival to release, per released message (at most 100 values per record, plus the maximum).
 pub const RELEASE_LATENCY: Metric = Metric {
     name: "ReleaseLatency",
     unit: "Milliseconds",
@@ -111,6 +142,7 @@ pub const RELEASE_LATENCY: Metric = Metric {
     by_reason: false,
     description: "arrival to release, per released message (at most 100 values per record, plus the maximum)",
 };
+/// `BatchDuration`: one batch (or invocation, or sweep) from start to end.
 pub const BATCH_DURATION: Metric = Metric {
     name: "BatchDuration",
     unit: "Milliseconds",
@@ -118,6 +150,7 @@ pub const BATCH_DURATION: Metric = Metric {
     by_reason: false,
     description: "one batch (or invocation, or sweep) from start to end",
 };
+/// `OldestWaitingAge`: age of the oldest message waiting for a missing position, over all contexts (from the sweep).
 pub const OLDEST_WAITING_AGE: Metric = Metric {
     name: "OldestWaitingAge",
     unit: "Seconds",
@@ -125,6 +158,7 @@ pub const OLDEST_WAITING_AGE: Metric = Metric {
     by_reason: false,
     description: "age of the oldest message waiting for a missing position, over all contexts (from the sweep)",
 };
+/// `BlockedContexts`: contexts stopped at a poison message, waiting for an operator (from the sweep; at most 1000).
 pub const BLOCKED_CONTEXTS: Metric = Metric {
     name: "BlockedContexts",
     unit: "Count",
@@ -193,8 +227,11 @@ pub fn catalogue_json(namespace: &str) -> serde_json::Value {
 /// Where records go (`--metrics`, `RESEQ_METRICS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sink {
+    /// No records.
     Off,
+    /// Standard output (Lambda turns it into metrics).
     Stdout,
+    /// Standard error (the worker's default; e.g. FireLens on ECS).
     Stderr,
 }
 
@@ -218,13 +255,17 @@ pub struct Observation {
     pub totals: BTreeMap<&'static str, u64>,
     /// By-reason counter totals since start: (metric name, reason) → total.
     pub by_reason: BTreeMap<(&'static str, String), u64>,
-    /// DynamoDB capacity consumed since start.
+    /// DynamoDB read capacity consumed since start.
     pub read_units: f64,
+    /// DynamoDB write capacity consumed since start.
     pub write_units: f64,
+    /// Release latencies since the previous record ([`RELEASE_LATENCY`]).
     pub release_latencies_ms: Vec<u64>,
+    /// How long the batch, invocation or sweep took ([`BATCH_DURATION`]).
     pub batch_duration_ms: Option<u64>,
     /// Set by sweeps that read the attention index.
     pub oldest_waiting_age_s: Option<f64>,
+    /// Set by sweeps that read the attention index ([`BLOCKED_CONTEXTS`]).
     pub blocked_contexts: Option<u64>,
 }
 

@@ -259,6 +259,8 @@ pub struct SqsArgs {
     /// The DynamoDB table that stages messages and holds each context's state (see `reseq init`).
     #[arg(long, env = "RESEQ_TABLE", default_value = "reseq", value_name = "NAME")]
     pub table: String,
+    // The text is `--help`'s too, where `<queue-url>` reads as it should.
+    #[allow(rustdoc::invalid_html_tags)]
     /// Where released messages go: stdout, sqs:<queue-url> or http(s)://…
     #[arg(long, env = "RESEQ_OUTPUT", default_value = "stdout", value_name = "TARGET")]
     pub output: OutputTarget,
