@@ -93,7 +93,8 @@ impl<H: Handler + 'static> Resequencer<H> {
 
     /// A builder for `handler` with the settings of the `RESEQ_*` environment variables,
     /// as `bootstrap` reads them ([`Settings::from_env`]): one line naming the variable
-    /// when one is wrong. `RESEQ_OUTPUT` and `RESEQ_HTTP_TIMEOUT` are not used.
+    /// when one is wrong. `RESEQ_OUTPUT` and `RESEQ_HTTP_TIMEOUT` are for the built-in
+    /// outputs: leave them unset.
     pub fn from_env(handler: H) -> Result<ResequencerBuilder<H>, String> {
         Ok(Resequencer::builder(handler).settings(Settings::from_env()?))
     }
@@ -484,7 +485,20 @@ impl ReceiveArgs {
             return Err("invalid settings: RESEQ_QUEUE_URL is not set: the URL of the queue to consume".into());
         }
         let receive = parse_env::<ReceiveEnv>()?.receive;
-        receive.validate().map_err(|line| format!("invalid settings: {line}"))?;
+        receive.validate().map_err(|line| {
+            // The check names the flag; name the variable too.
+            let env = ["--wait-time", "--visibility-timeout", "--receivers", "--sweep-every"]
+                .into_iter()
+                .find(|flag| line.contains(&format!("'{flag}'")))
+                .map(|flag| {
+                    format!(
+                        "RESEQ_{}: ",
+                        flag.trim_start_matches('-').replace('-', "_").to_uppercase()
+                    )
+                })
+                .unwrap_or_default();
+            format!("invalid settings: {env}{line}")
+        })?;
         Ok(receive)
     }
 
