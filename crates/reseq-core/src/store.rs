@@ -143,8 +143,9 @@ pub struct ContextState {
     pub operator_log: Vec<OperatorAction>,
     /// An instance of a typed sequence (SPEC §5) keeps its processed and waiting types
     /// here; `None` for a numeric context.
+    /// Boxed: numeric contexts, the common case, carry one word for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub typed: Option<TypedState>,
+    pub typed: Option<Box<TypedState>>,
 }
 
 /// The state of one instance of a typed sequence: which types were processed, and which

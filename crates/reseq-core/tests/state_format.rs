@@ -71,7 +71,7 @@ fn a_fresh_state_stores_only_what_it_has() {
 fn a_typed_instance_is_stored_as_exactly_this_json() {
     let typed = ContextState {
         next: 0,
-        typed: Some(TypedState {
+        typed: Some(Box::new(TypedState {
             sequence: "order-lifecycle".into(),
             processed: [("OrderCreated".to_string(), 42u64)].into(),
             waiting: vec![TypedWaiting {
@@ -79,7 +79,7 @@ fn a_typed_instance_is_stored_as_exactly_this_json() {
                 seq: 7,
                 received_at: Millis(3),
             }],
-        }),
+        })),
         ..ContextState::new(0)
     };
     let json = r#"{"next":0,"last_released":null,"version":0,"updated_at":0,"typed":{"sequence":"order-lifecycle","processed":{"OrderCreated":42},"waiting":[{"type_key":"OrderShipped","seq":7,"received_at":3}]}}"#;

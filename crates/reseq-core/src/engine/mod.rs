@@ -193,7 +193,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
 
     /// The release latencies since the last call (see [`ReleaseLatencies`]).
     pub fn take_release_latencies(&self) -> ReleaseLatencies {
-        std::mem::take(&mut *self.counters.latencies.lock().unwrap_or_else(|p| p.into_inner()))
+        self.counters.take_latencies()
     }
 
     /// Processes a batch in arrival order and returns one outcome per message, in the

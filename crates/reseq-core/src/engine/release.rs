@@ -135,7 +135,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         let error = match result {
             Ok(()) => {
                 self.breaker.succeeded();
-                self.counters.released_after(self.clock.now().since(msg.received_at));
+                self.counters.released_after(now.since(msg.received_at));
                 self.move_past(work, msg.seq);
                 work.state.last_released = Some(msg.seq);
                 if msg.is_final {

@@ -109,17 +109,30 @@ pub(super) struct Counters {
     pub(super) lease_conflicts: AtomicU64,
     pub(super) leases_taken_over: AtomicU64,
     pub(super) latencies: Mutex<ReleaseLatencies>,
+    pub(super) latency_count: AtomicU64,
+    pub(super) latency_max: AtomicU64,
 }
 
 impl Counters {
+    /// Counts a release and its latency: atomics on the hot path; the sample's lock is
+    /// taken only while the sample is not full (the first values after each read).
     pub(super) fn released_after(&self, waited: Duration) {
         bump(&self.released);
-        let mut latencies = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
-        latencies.count += 1;
-        latencies.max_ms = latencies.max_ms.max(waited.0);
-        if latencies.sample_ms.len() < LATENCY_SAMPLE {
-            latencies.sample_ms.push(waited.0);
+        self.latency_max.fetch_max(waited.0, Relaxed);
+        if self.latency_count.fetch_add(1, Relaxed) < LATENCY_SAMPLE as u64 {
+            let mut latencies = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+            if latencies.sample_ms.len() < LATENCY_SAMPLE {
+                latencies.sample_ms.push(waited.0);
+            }
         }
+    }
+
+    /// The latencies since the last call, and a fresh start.
+    pub(super) fn take_latencies(&self) -> ReleaseLatencies {
+        let mut sample = std::mem::take(&mut *self.latencies.lock().unwrap_or_else(|p| p.into_inner()));
+        sample.count = self.latency_count.swap(0, Relaxed);
+        sample.max_ms = self.latency_max.swap(0, Relaxed);
+        sample
     }
 }
 

@@ -97,9 +97,11 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             outcomes[index] = Outcome::Held(Hold::Busy);
             return Ok(());
         }
-        let typed = work.state.typed.get_or_insert_with(|| TypedState {
-            sequence: sequence.name.clone(),
-            ..TypedState::default()
+        let typed = work.state.typed.get_or_insert_with(|| {
+            Box::new(TypedState {
+                sequence: sequence.name.clone(),
+                ..TypedState::default()
+            })
         });
         debug_assert_eq!(
             typed.sequence, sequence.name,
@@ -287,7 +289,7 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         let result = handler.handle(&release).await;
         let error = match result {
             Ok(()) => {
-                self.counters.released_after(self.clock.now().since(msg.received_at));
+                self.counters.released_after(now.since(msg.received_at));
                 self.processed_now(work, key, msg.seq);
                 return Some(Outcome::Released);
             }
