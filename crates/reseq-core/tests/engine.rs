@@ -1218,3 +1218,49 @@ async fn stuck_lists_blocked_and_long_waiting_contexts_and_the_index_follows_the
         .unwrap();
     assert!(after.waiting.is_empty(), "{after:?}");
 }
+
+/// SPEC §3 for typed sequences too: while the target fails for several instances at once,
+/// retries count no attempt, so an outage longer than `max_attempts` blocks nothing.
+#[tokio::test]
+async fn an_outage_does_not_block_typed_instances() {
+    let file = reseq_core::sequences::load(
+        "outage.yaml",
+        "sequences:\n  - name: s\n    messages:\n      - type: A\n      - type: B\n        releaseCondition: { predecessor: A }\n",
+    )
+    .unwrap();
+    let rig = Rig::new(EngineConfig {
+        max_attempts: 2,
+        sequences: Some(Arc::new(file)),
+        ..cfg()
+    });
+    let typed = |ctx: &str, t: &str| Envelope {
+        context_id: format!("s/{ctx}"),
+        seq: reseq_core::envelope::body_hash(format!("{ctx}-{t}").as_bytes()),
+        message_type: Some(t.to_string()),
+        received_at: reseq_core::Clock::now(&*rig.clock),
+        ..Envelope::new("", 0, format!("{ctx}:{t}"))
+    };
+    let outage = || {
+        (0..6)
+            .map(|_| HandlerError::Retryable("503".into()))
+            .collect::<Vec<_>>()
+    };
+    for ctx in ["x", "y", "z"] {
+        let a = typed(ctx, "A");
+        rig.handler.fail(&a.context_id, a.seq, outage());
+        assert_eq!(rig.send(vec![a, typed(ctx, "B")]).await, vec![Outcome::Staged; 2]);
+    }
+    for _ in 0..40 {
+        rig.clock.advance(Duration::from_secs(61));
+        rig.sweep().await;
+    }
+    for ctx in ["x", "y", "z"] {
+        let state = rig.state(&format!("s/{ctx}")).await;
+        assert!(state.blocked.is_none(), "{ctx}: an outage is not poison: {state:?}");
+        assert_eq!(
+            state.typed.map(|t| t.processed.len()),
+            Some(2),
+            "{ctx}: A and B released"
+        );
+    }
+}

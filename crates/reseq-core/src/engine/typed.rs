@@ -8,6 +8,7 @@
 //! lease (a typed instance decides only under it, so no wakeup is ever lost), the end of
 //! batch commit, the DLQ, retention and the sweep.
 
+use super::release::uncounted_retry;
 use super::*;
 use crate::sequences::{MessageType, Sequence};
 use crate::store::{TypedState, TypedWaiting};
@@ -289,9 +290,20 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         let result = handler.handle(&release).await;
         let error = match result {
             Ok(()) => {
+                self.breaker.succeeded();
                 self.counters.released_after(now.since(msg.received_at));
                 self.processed_now(work, key, msg.seq);
                 return Some(Outcome::Released);
+            }
+            Err(HandlerError::Retryable(e)) if self.breaker.failed(&work.context_id) => {
+                // An outage of the target, not poison (SPEC §3): back off, count no attempt.
+                bump(&self.counters.handler_errors);
+                bump(&self.counters.outage_retries);
+                let retry = uncounted_retry(work, msg.seq, failures, now, e);
+                tracing::warn!(decision = "retried", outage = true, context_id = %work.context_id, message_type = key, message_id = %msg.message_id, error = %retry.last_error, "the target is out: retrying later, no attempt counted");
+                work.state.retry = Some(retry);
+                work.dirty = true;
+                return None;
             }
             Err(HandlerError::Retryable(e)) if failures + 1 < self.config.max_attempts => {
                 bump(&self.counters.handler_errors);
