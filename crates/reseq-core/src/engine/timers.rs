@@ -124,11 +124,14 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
         // Expired messages the DLQ did not take, and why: they stay staged.
         let mut undelivered: Vec<u64> = Vec::new();
         let mut last_error = String::new();
+        // The rows read, for a typed instance: a listed message without one is gone.
+        let mut rows: Vec<u64> = Vec::new();
         loop {
             let page = self.store.staged(&work.context_id, from, u64::MAX, PAGE).await?;
             let full = page.len() == PAGE;
             for msg in &page {
                 from = msg.seq.saturating_add(1);
+                rows.push(msg.seq);
                 if work
                     .state
                     .typed
@@ -213,6 +216,19 @@ impl<S: StagingStore, C: Clock> Engine<S, C> {
             // Dead-lettered (expired) waiting messages no longer wait in the instance.
             let removed = &work.remove_staged;
             typed.waiting.retain(|w| !removed.contains(&w.seq));
+            let context_id = &work.context_id;
+            typed.waiting.retain(|w| {
+                let gone = !rows.contains(&w.seq) && now.since(w.received_at) >= retention;
+                if gone {
+                    // Listed as waiting, but its row is not in the store: nothing is left to
+                    // dead-letter or release. Said loudly, and no longer kept due forever.
+                    tracing::error!(decision = "expired", context_id = %context_id, message_type = %w.type_key, "a waiting message past the retention has no staged row: dropped from its instance");
+                }
+                !gone
+            });
+            // What waits is what the instance lists (a listed message whose row is gone is
+            // dropped, with an error, when the instance next tries to release it).
+            remaining.count = typed.waiting.len() as u64;
             remaining.oldest_received_at = typed.waiting.iter().map(|w| w.received_at).min();
         }
         work.view = StoreView::empty();
