@@ -41,6 +41,12 @@ sequences:
         releaseCondition: { predecessor: AccountOpened }
 "#;
 
+/// The sequences these scenarios use (the SPEC §5 example first); the simulation's typed
+/// run uses them too.
+pub fn sequence_file() -> Arc<SequenceFile> {
+    file()
+}
+
 fn file() -> Arc<SequenceFile> {
     Arc::new(sequences::load("conformance.yaml", FILE).expect("the test's sequence file"))
 }

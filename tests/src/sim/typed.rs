@@ -8,7 +8,7 @@
 
 use super::*;
 use reseq_core::extract::TypedExtraction;
-use reseq_core::sequences::{self, SequenceFile};
+use reseq_core::sequences::SequenceFile;
 
 const TYPES: [&str; 5] = [
     "OrderCreated",
@@ -18,25 +18,9 @@ const TYPES: [&str; 5] = [
     "OrderCancelled",
 ];
 
-const FILE: &str = r#"
-sequences:
-  - name: order-lifecycle
-    messages:
-      - type: OrderCreated
-      - type: StockReserved
-        releaseCondition: { predecessor: OrderCreated }
-      - type: OrderPaid
-        releaseCondition: { predecessor: OrderCreated }
-      - type: OrderShipped
-        releaseCondition:
-          and: [ { predecessor: OrderPaid }, { predecessor: StockReserved } ]
-      - type: OrderCancelled
-        releaseCondition:
-          or: [ { predecessor: OrderPaid }, { predecessor: OrderCreated } ]
-"#;
-
+/// The conformance suite's sequences: the first is the SPEC §5 `order-lifecycle`.
 fn file() -> Arc<SequenceFile> {
-    Arc::new(sequences::load("simulation.yaml", FILE).expect("the simulation's sequence file"))
+    reseq_conformance::typed::sequence_file()
 }
 
 /// The target of a typed run: checks each release's condition, fails when the seed says so.
