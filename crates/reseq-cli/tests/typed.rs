@@ -167,6 +167,23 @@ fn inspect_shows_a_typed_instances_processed_and_waiting_types() {
         .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["state"]["typed"]["waiting"][0]["type_key"], "OrderShipped");
+    // A typed instance has no positions: `reseq skip` refuses it, saying what to do.
+    let skip = Command::new(env!("CARGO_BIN_EXE_reseq"))
+        .args([
+            "skip",
+            "order-lifecycle/o-3",
+            "--to",
+            "5",
+            "--state",
+            state.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&skip.stderr);
+    assert!(
+        !skip.status.success() && err.contains("typed sequence order-lifecycle"),
+        "{err}"
+    );
 }
 
 mod common;

@@ -141,6 +141,17 @@ pub enum AdminError {
         /// When its lease ends, in ms since the epoch.
         until: u64,
     },
+    /// A skip asked of a typed instance, which has no positions.
+    #[error(
+        "context {context_id:?} is an instance of the typed sequence {sequence}: it has no positions to skip; \
+         reseq retry releases a blocked type again, and a missing predecessor is sent by its producer"
+    )]
+    Typed {
+        /// The instance.
+        context_id: String,
+        /// Its sequence.
+        sequence: String,
+    },
     /// The state kept changing under the request.
     #[error("context {0:?} kept changing under the request (busy workers): try again")]
     Raced(String),
@@ -171,6 +182,12 @@ pub async fn request_skip<S: StagingStore>(
     now: Millis,
 ) -> Result<Requested, AdminError> {
     request(store, context_id, operator, now, "skip", |state| {
+        if let Some(typed) = &state.typed {
+            return Err(AdminError::Typed {
+                context_id: context_id.to_string(),
+                sequence: typed.sequence.clone(),
+            });
+        }
         if let Some(final_seq) = state.final_seq {
             return Err(AdminError::Closed {
                 context_id: context_id.to_string(),

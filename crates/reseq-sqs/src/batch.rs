@@ -18,7 +18,9 @@ use reseq_metrics::{BLOCKED_GAUGE_LIMIT, Observation, Telemetry};
 
 /// How often a sweep reads the attention index for the gauges (32 small queries on
 /// DynamoDB): often enough for a one-minute alarm period, cheap at any sweep interval.
-pub const GAUGE_EVERY: Duration = Duration::from_millis(60_000);
+/// Under a minute, so that a `rate(1 minute)` schedule arriving a little early still
+/// reads them every time.
+pub const GAUGE_EVERY: Duration = Duration::from_millis(50_000);
 
 /// What happens to a message whose context id or position is missing or malformed
 /// (`--invalid`, SPEC §1).
