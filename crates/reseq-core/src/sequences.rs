@@ -601,6 +601,15 @@ fn read_sequence(node: &Node) -> Result<ReadSequence, Problem> {
             );
         }
         Some(entry) => match text(entry, "name")? {
+            Some(name) if name.contains('/') => {
+                // Instances are stored as `<sequence>/<context id>`: a `/` in the name could
+                // make two instances share a key.
+                return problem(
+                    Rule::EmptyName,
+                    entry.line,
+                    format!("the sequence name {name:?} holds a '/': use a name without one, e.g. order-lifecycle"),
+                );
+            }
             Some(name) if !name.trim().is_empty() => (name, entry.line),
             _ => {
                 return problem(

@@ -637,6 +637,18 @@ fn a_sequence_without_a_name_is_refused() {
 }
 
 #[test]
+fn a_sequence_name_with_a_slash_is_refused() {
+    let slash = yaml(
+        "
+        sequences:
+          - name: orders/v2
+            messages: [ { type: A } ]
+        ",
+    );
+    assert_refused!(slash, EmptyName, 2, "holds a '/'", "without one");
+}
+
+#[test]
 fn a_name_used_twice_is_refused() {
     let text = yaml(
         "
