@@ -454,7 +454,25 @@ async fn sigterm_during_start_up_stops_the_worker_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the worker");
-    std::thread::sleep(Duration::from_millis(30));
+    // As soon as the worker catches SIGTERM (its first act), while it is still connecting:
+    // a fixed sleep raced the loading of the binary on a busy machine.
+    let caught = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                let mask = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("SigCgt:"))?
+                    .trim()
+                    .to_string();
+                u64::from_str_radix(&mask, 16).ok()
+            })
+            .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
+    };
+    let started = std::time::Instant::now();
+    while !caught(child.id()) && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
